@@ -1,0 +1,7 @@
+"""`python -m kerastx VERB ...`: see kerastx.cli."""
+
+import sys
+
+from kerastx.cli import main
+
+sys.exit(main())

@@ -1,0 +1,208 @@
+"""Cross-field rules of an experiment, checked once after every field is typed."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING
+
+from kerastx.config import typed
+from kerastx.config.errors import ConfigError
+from kerastx.config.sections import CorpusConfig, ExperimentConfig
+
+if TYPE_CHECKING:
+    from kerastx.config.loader import Provenance
+
+TASK_METRICS = ("wer", "per", "bleu", "chrf", "accuracy")
+LOSS_METRICS = ("loss", "perplexity", "token_accuracy")
+INIT_PARTS = ("encoder", "decoder", "embeddings", "output", "optimizer")
+
+# The keys each corpus type reads, beyond `type` and `weight`.
+CORPUS_KEYS = {
+    "parallel": ("source", "target"),
+    "tsv": ("path", "source_column", "target_column", "label_column", "condition_column"),
+    "tfrecord": ("path", "source_column", "target_column", "label_column", "condition_column"),
+    "text": ("path",),
+    "labelled": ("path",),
+    "synthetic": ("task", "num_examples", "min_length", "max_length", "alphabet_size"),
+    "cmudict": ("split", "keep_stress"),
+}
+CORPUS_REQUIRED = {
+    "parallel": ("source", "target"),
+    "tsv": ("path",),
+    "tfrecord": ("path",),
+    "text": ("path",),
+    "labelled": ("path",),
+}
+# Corpus types that give each model family what it trains on.
+MODEL_CORPORA = {
+    "seq2seq": ("parallel", "tsv", "tfrecord", "synthetic", "cmudict"),
+    "decoder_lm": ("text", "tsv", "tfrecord", "synthetic", "parallel", "cmudict"),
+    "encoder_classifier": ("labelled", "tsv", "tfrecord"),
+}
+
+
+class _Checker:
+    def __init__(self, prov: Provenance):
+        self.prov = prov
+        self.errors: list[str] = []
+
+    def fail(self, path: tuple, message: str, *related: tuple) -> None:
+        """Records a broken rule at `path`; names the first of `path` and `related` the user
+        set (a rule broken by a default is reported where the other value was set)."""
+        for candidate in (path, *related):
+            if candidate in self.prov.locations:
+                filename, line = self.prov.locations[candidate]
+                at = f"{filename}:{line}" if line else filename
+                self.errors.append(f"{at}: {typed.dotted(path)}: {message}")
+                return
+        self.errors.append(f"{typed.where(path, self.prov.locations)}: {message}")
+
+
+def _check_corpus(c: _Checker, corpus: CorpusConfig, path: tuple, model_type: str) -> None:
+    reads = CORPUS_KEYS[corpus.type]
+    for f in dataclasses.fields(CorpusConfig):
+        if f.name in ("type", "weight") or f.name in reads:
+            continue
+        if c.prov.explicit(path + (f.name,)) and getattr(corpus, f.name) != f.default:
+            c.fail(
+                path + (f.name,),
+                f"not read by corpus type '{corpus.type}' (it reads: {', '.join(reads)})",
+            )
+    for key in CORPUS_REQUIRED.get(corpus.type, ()):
+        if not getattr(corpus, key):
+            c.fail(path + (key,), f"missing required key for corpus type '{corpus.type}'")
+    if corpus.type == "synthetic" and corpus.min_length > corpus.max_length:
+        c.fail(
+            path + ("min_length",),
+            f"must be <= max_length ({corpus.max_length}); got {corpus.min_length}",
+        )
+    if corpus.type not in MODEL_CORPORA[model_type]:
+        c.fail(
+            path + ("type",),
+            f"corpus type '{corpus.type}' cannot feed a '{model_type}' "
+            f"model (use one of: {', '.join(MODEL_CORPORA[model_type])})",
+        )
+
+
+def validate(cfg: ExperimentConfig, prov: Provenance) -> None:
+    """Checks the rules that involve several fields.
+
+    Raises:
+        ConfigError: every broken rule, one line each, naming the key and its file:line.
+    """
+    c = _Checker(prov)
+    m, d, t, e, dec = cfg.model, cfg.data, cfg.training, cfg.evaluation, cfg.decoding
+
+    # Model fields that the chosen model type does not read.
+    for f in dataclasses.fields(type(m)):
+        applies = f.metadata.get("applies_to")
+        if (
+            applies
+            and m.type not in applies
+            and prov.explicit(("model", f.name))
+            and getattr(m, f.name) != f.default
+        ):
+            c.fail(
+                ("model", f.name),
+                f"not used by model type '{m.type}' (only by {', '.join(applies)})",
+            )
+    if m.d_model % m.num_heads:
+        c.fail(
+            ("model", "num_heads"),
+            f"d_model ({m.d_model}) must be divisible by num_heads ({m.num_heads})",
+            ("model", "d_model"),
+        )
+    elif m.position_encoding == "rope" and (m.d_model // m.num_heads) % 2:
+        c.fail(
+            ("model", "position_encoding"),
+            f"rope needs an even head size; d_model / num_heads = {m.d_model // m.num_heads}",
+        )
+    if m.num_experts and m.experts_top_k > m.num_experts:
+        c.fail(
+            ("model", "experts_top_k"),
+            f"must be <= num_experts ({m.num_experts}); got {m.experts_top_k}",
+            ("model", "num_experts"),
+        )
+    if m.num_conditions and m.condition_dim:
+        c.fail(
+            ("model", "condition_dim"),
+            "set num_conditions (tags) or condition_dim (vectors), not both",
+        )
+    if m.type == "seq2seq" and m.share_embeddings == "all" and not d.shared_vocab:
+        c.fail(
+            ("model", "share_embeddings"),
+            "'all' needs data.shared_vocab: true (one vocabulary for source and target)",
+        )
+    for key in ("max_source_length", "max_target_length"):
+        if getattr(d, key) > m.max_length:
+            c.fail(
+                ("data", key),
+                f"must be <= model.max_length ({m.max_length}); got {getattr(d, key)}",
+                ("model", "max_length"),
+            )
+    if dec.max_length > m.max_length:
+        c.fail(
+            ("decoding", "max_length"),
+            f"must be <= model.max_length ({m.max_length}); got {dec.max_length}",
+            ("model", "max_length"),
+        )
+
+    # Data.
+    if not d.train:
+        c.fail(("data", "train"), "needs at least one training corpus")
+    for i, corpus in enumerate(d.train):
+        _check_corpus(c, corpus, ("data", "train", i), m.type)
+    for split in ("dev", "test"):
+        corpus = getattr(d, split)
+        if corpus is not None:
+            _check_corpus(c, corpus, ("data", split), m.type)
+
+    # Training.
+    if t.profile_steps and (len(t.profile_steps) != 2 or t.profile_steps[0] > t.profile_steps[1]):
+        c.fail(
+            ("training", "profile_steps"),
+            f"must be [first, last] with first <= last; got {t.profile_steps}",
+        )
+    for part in t.init_parts:
+        if part not in INIT_PARTS:
+            c.fail(
+                ("training", "init_parts"), f"unknown part {part!r} (use: {', '.join(INIT_PARTS)})"
+            )
+    if t.init_parts and not t.init_from:
+        c.fail(("training", "init_parts"), "needs training.init_from")
+    if t.weight_decay and t.optimizer != "adamw":
+        c.fail(
+            ("training", "weight_decay"),
+            f"only the adamw optimizer applies weight decay; optimizer is '{t.optimizer}'",
+        )
+
+    # Evaluation and decoding.
+    for metric in e.metrics:
+        if metric not in TASK_METRICS:
+            c.fail(
+                ("evaluation", "metrics"),
+                f"unknown metric {metric!r} (use: {', '.join(TASK_METRICS)})",
+            )
+    if e.best_metric not in LOSS_METRICS + TASK_METRICS:
+        c.fail(
+            ("evaluation", "best_metric"),
+            f"unknown metric {e.best_metric!r} (use: {', '.join(LOSS_METRICS + TASK_METRICS)})",
+        )
+    if dec.strategy == "beam" and dec.n_best > dec.beam_size:
+        c.fail(
+            ("decoding", "n_best"),
+            f"must be <= beam_size ({dec.beam_size}); got {dec.n_best}",
+            ("decoding", "beam_size"),
+        )
+
+    # Distribution.
+    dist = cfg.distribution
+    if dist.devices and dist.strategy not in ("one_device", "mirrored"):
+        c.fail(
+            ("distribution", "devices"),
+            f"only read by one_device and mirrored; strategy is '{dist.strategy}'",
+        )
+    if dist.strategy == "one_device" and len(dist.devices) > 1:
+        c.fail(("distribution", "devices"), f"one_device takes one device; got {dist.devices}")
+    if c.errors:
+        raise ConfigError(c.errors)

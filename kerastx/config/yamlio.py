@@ -1,0 +1,194 @@
+"""A strict YAML reader for experiment files.
+
+PyYAML's `safe_load` follows YAML 1.1, which has traps for configuration files:
+`1e-4` is read as a string, `no`/`off`/`y` as booleans, `010` as octal 8, `1:30` as the
+sexagesimal 90, and a key written twice keeps its last value silently. This reader
+composes the YAML node graph with PyYAML and converts it itself:
+
+- plain scalars are resolved with the YAML 1.2 core schema (`1e-4` is a float; `no`,
+  `on`, `y` stay strings; the typed config turns them into booleans where a boolean is
+  expected, see `kerastx.config.typed`);
+- a duplicate key is an error naming both lines;
+- any explicit tag other than the standard `!!str`, `!!int`, `!!float`, `!!bool`,
+  `!!null`, `!!seq`, `!!map` is refused (no `!!python/object`: a config is data);
+- every value's line is recorded, so later errors can name `file:line`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+import yaml
+
+from kerastx.config.errors import ConfigError
+
+_TAG = "tag:yaml.org,2002:"
+_STR, _INT, _FLOAT, _BOOL, _NULL = (_TAG + t for t in ("str", "int", "float", "bool", "null"))
+_SEQ, _MAP, _MERGE = _TAG + "seq", _TAG + "map", _TAG + "merge"
+
+_INT_DEC = re.compile(r"^[-+]?[0-9]+$")
+_INT_OCT = re.compile(r"^0o[0-7]+$")
+_INT_HEX = re.compile(r"^0x[0-9a-fA-F]+$")
+_FLOAT_NUM = re.compile(r"^[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?$")
+_FLOAT_INF = re.compile(r"^[-+]?\.(inf|Inf|INF)$")
+_FLOAT_NAN = re.compile(r"^\.(nan|NaN|NAN)$")
+
+
+class _Core12Loader(yaml.SafeLoader):
+    """SafeLoader whose implicit scalar resolution is the YAML 1.2 core schema."""
+
+    yaml_implicit_resolvers: dict = {}
+
+
+for _tag, _regexp, _first in (
+    (_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), "tTfF"),
+    (_NULL, re.compile(r"^(?:~|null|Null|NULL|)$"), ["~", "n", "N", ""]),
+    (_INT, re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$"), "-+0123456789"),
+    (
+        _FLOAT,
+        re.compile(
+            r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?"
+            r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+        ),
+        "-+.0123456789",
+    ),
+    (_MERGE, re.compile(r"^(?:<<)$"), "<"),
+):
+    _Core12Loader.add_implicit_resolver(_tag, _regexp, list(_first))
+
+# (file, line) of a value; line is 1-based.
+Location = tuple[str, int]
+# Key path -> location of the value at that path. Path items are str (mapping keys) or
+# int (sequence indexes).
+Locations = dict[tuple, Location]
+
+
+def _scalar(node: yaml.ScalarNode, where: str) -> Any:
+    value, tag = node.value, node.tag
+    if tag == _STR:
+        return value
+    if tag == _NULL:
+        if value not in ("", "~", "null", "Null", "NULL"):
+            raise ConfigError(f"{where}: {value!r} is not a null value")
+        return None
+    if tag == _BOOL:
+        low = value.lower()
+        if low not in ("true", "false"):
+            raise ConfigError(f"{where}: {value!r} is not a boolean (write true or false)")
+        return low == "true"
+    if tag == _INT:
+        if _INT_DEC.match(value):
+            return int(value, 10)
+        if _INT_OCT.match(value):
+            return int(value[2:], 8)
+        if _INT_HEX.match(value):
+            return int(value[2:], 16)
+        raise ConfigError(f"{where}: {value!r} is not an integer")
+    if tag == _FLOAT:
+        if _FLOAT_NUM.match(value) or _INT_DEC.match(value):
+            return float(value)
+        if _FLOAT_INF.match(value):
+            return -math.inf if value.startswith("-") else math.inf
+        if _FLOAT_NAN.match(value):
+            return math.nan
+        raise ConfigError(f"{where}: {value!r} is not a number")
+    if tag == _MERGE:
+        raise ConfigError(f"{where}: YAML merge keys (<<) are not supported; use `base:`")
+    raise ConfigError(
+        f"{where}: YAML tag {tag!r} is not allowed; experiment files hold plain data only"
+    )
+
+
+def _convert(node: yaml.Node, filename: str, path: tuple, locs: Locations, stack: set) -> Any:
+    line = node.start_mark.line + 1
+    where = f"{filename}:{line}"
+    locs[path] = (filename, line)
+    if isinstance(node, yaml.ScalarNode):
+        return _scalar(node, where)
+    if id(node) in stack:
+        raise ConfigError(f"{where}: recursive YAML alias")
+    if isinstance(node, yaml.SequenceNode):
+        if node.tag != _SEQ:
+            raise ConfigError(f"{where}: YAML tag {node.tag!r} is not allowed")
+        stack.add(id(node))
+        out = [_convert(n, filename, path + (i,), locs, stack) for i, n in enumerate(node.value)]
+        stack.discard(id(node))
+        return out
+    if isinstance(node, yaml.MappingNode):
+        if node.tag != _MAP:
+            raise ConfigError(f"{where}: YAML tag {node.tag!r} is not allowed")
+        stack.add(id(node))
+        out: dict[str, Any] = {}
+        first_line: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            key_line = key_node.start_mark.line + 1
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == _MERGE:
+                if isinstance(key_node, yaml.ScalarNode):
+                    _scalar(key_node, f"{filename}:{key_line}")  # raises the merge-key error
+                raise ConfigError(f"{filename}:{key_line}: mapping keys must be plain names")
+            key = key_node.value
+            dotted = ".".join(str(p) for p in path + (key,))
+            if key in out:
+                raise ConfigError(
+                    f"{filename}:{key_line}: duplicate key '{dotted}' "
+                    f"(first set on line {first_line[key]})"
+                )
+            first_line[key] = key_line
+            out[key] = _convert(value_node, filename, path + (key,), locs, stack)
+            locs[path + (key,)] = (filename, key_line)
+        stack.discard(id(node))
+        return out
+    raise ConfigError(f"{where}: unsupported YAML node")  # pragma: no cover
+
+
+def loads(text: str, filename: str = "<string>") -> tuple[Any, Locations]:
+    """Parses YAML text into plain Python data and the line of every value.
+
+    Args:
+        text: str. The YAML document (a single document).
+        filename: str. Name used in error messages and locations.
+
+    Returns:
+        `(data, locations)`: `data` is built from dict, list, str, int, float, bool and
+        None; `locations` maps each key path (a tuple) to `(filename, line)`.
+
+    Raises:
+        ConfigError: one line naming the file and line.
+    """
+    try:
+        nodes = list(yaml.compose_all(text, Loader=_Core12Loader))
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        line = f":{mark.line + 1}" if mark is not None else ""
+        problem = err.problem or err.context or "invalid YAML"
+        raise ConfigError(f"{filename}{line}: YAML syntax error: {problem}") from None
+    except yaml.YAMLError as err:  # pragma: no cover - reader errors without a mark
+        raise ConfigError(f"{filename}: YAML error: {err}") from None
+    if len(nodes) > 1:
+        line = nodes[1].start_mark.line + 1
+        raise ConfigError(f"{filename}:{line}: expected one YAML document, found several")
+    locs: Locations = {}
+    if not nodes or nodes[0] is None:
+        return None, locs
+    return _convert(nodes[0], filename, (), locs, set()), locs
+
+
+def load(path: str) -> tuple[Any, Locations]:
+    """Reads a YAML file with `loads`; a missing or unreadable file is a ConfigError."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not valid UTF-8 (byte {err.start})") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read ({err.strerror})") from None
+    return loads(text, path)
+
+
+def dumps(data: Any) -> str:
+    """Writes plain data as block-style YAML that `loads` reads back to equal data."""
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=False, allow_unicode=True)
