@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     except KerastxError as err:
         for line in str(err).splitlines() or [type(err).__name__]:
             print(f"kerastx {args.verb}: error: {line}", file=sys.stderr)
-        return EXIT_USER_ERROR
+        return getattr(err, "exit_code", EXIT_USER_ERROR)
     except KeyboardInterrupt:
         print(f"kerastx {args.verb}: interrupted", file=sys.stderr)
         return 130

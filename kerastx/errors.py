@@ -4,4 +4,9 @@ from __future__ import annotations
 
 
 class KerastxError(Exception):
-    """A problem in the user's input: the CLI prints it (one line per problem), exits 2."""
+    """A problem in the user's input: the CLI prints it (one line per problem), exits 2.
+
+    Subclasses that mean something else set `exit_code` (training preempted: 75).
+    """
+
+    exit_code = 2

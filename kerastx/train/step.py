@@ -1,0 +1,271 @@
+"""The compiled training step: micro-batches -> global gradient -> clipped update.
+
+One replica step, for every strategy:
+1. for each of the `accumulation` micro-batches, the gradient of the *summed* token loss
+   (plus auxiliary losses weighted by the micro-batch's token count) is computed and
+   added up locally (optionally under XLA);
+2. gradients and counts are summed over replicas (`all_reduce`), and the gradient is
+   divided by the global number of target tokens, so the loss does not depend on how
+   the global batch is split across replicas and micro-batches;
+3. the global norm is taken and the gradient clipped (on the global gradient, not on
+   each replica's share);
+4. the optimizer applies it (a float16 step with non-finite gradients is skipped and
+   the loss scale halved).
+
+`train_fn(iterator, n)` runs `n` such steps in one `tf.function` call and returns each
+step's statistics, so the host writes an exact per-step log.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from kerastx.train.losses import smoothed_cross_entropy_sum, token_accuracy_counts
+
+# Per-step statistics, summed over replicas and micro-batches (see _batch_stats).
+SUM_KEYS = (
+    "loss_sum",
+    "nll_sum",
+    "tokens",
+    "correct",
+    "source_tokens",
+    "slots",
+    "real_slots",
+    "examples",
+    "id_hash",
+    "attn_self",
+    "attn_cross",
+    "attn_source",
+    "aux_loss",
+)
+_HASH_MULT = 2654435761
+_HASH_MOD = 2**31
+
+
+def model_inputs(batch: dict, model_type: str) -> tuple[dict, tf.Tensor]:
+    """Splits a batch into the model's inputs and the labels."""
+    cond = {"condition": batch["condition"]} if "condition" in batch else {}
+    if model_type == "seq2seq":
+        return (
+            {"source_ids": batch["source_ids"], "target_in_ids": batch["target_in_ids"], **cond},
+            batch["target_out_ids"],
+        )
+    if model_type == "decoder_lm":
+        return {"token_ids": batch["token_ids"], **cond}, batch["target_out_ids"]
+    return {"source_ids": batch["source_ids"], **cond}, batch["label"]
+
+
+def _batch_stats(batch: dict, model_type: str) -> dict:
+    """Counts of one micro-batch that do not depend on the model."""
+    f32 = tf.float32
+    ids = tf.cast(batch["example_id"], tf.int64)
+    id_hash = tf.reduce_sum(tf.math.floormod(ids * _HASH_MULT, _HASH_MOD))
+    if model_type == "seq2seq":
+        src, tgt = batch["source_ids"], batch["target_out_ids"]
+    elif model_type == "decoder_lm":
+        src, tgt = None, batch["target_out_ids"]
+    else:
+        src, tgt = batch["source_ids"], None
+    stats = {"id_hash": id_hash, "examples": tf.cast(tf.shape(ids)[0], f32)}
+    src_real = tf.reduce_sum(tf.cast(src != 0, f32)) if src is not None else tf.constant(0.0)
+    tgt_real = tf.reduce_sum(tf.cast(tgt != 0, f32)) if tgt is not None else tf.constant(0.0)
+    src_slots = tf.cast(tf.size(src), f32) if src is not None else tf.constant(0.0)
+    tgt_slots = tf.cast(tf.size(tgt), f32) if tgt is not None else tf.constant(0.0)
+    src_len = tf.cast(tf.shape(src)[1], f32) if src is not None else tf.constant(0.0)
+    tgt_len = tf.cast(tf.shape(tgt)[1], f32) if tgt is not None else tf.constant(0.0)
+    stats.update(
+        source_tokens=src_real,
+        slots=src_slots + tgt_slots,
+        real_slots=src_real + tgt_real,
+        # Attention work: each real query token attends over the padded key length.
+        attn_source=src_real * src_len,
+        attn_self=tgt_real * tgt_len,
+        attn_cross=tgt_real * src_len,
+    )
+    return stats
+
+
+class StepBuilder:
+    """Builds the distributed `train_fn` of a model, optimizer and strategy.
+
+    Args:
+        model: the Keras model (built, under the strategy's scope).
+        optimizer: an optimizer from `kerastx.train.optimizers` (expects reduced grads).
+        strategy: the tf.distribute strategy.
+        model_type: str. seq2seq | decoder_lm | encoder_classifier.
+        schedule: callable step -> learning rate.
+        label_smoothing: float.
+        clip_norm: float or None. Global-norm clipping.
+        accumulation: int. Micro-batches per optimizer step.
+        float16: bool. Dynamic loss scaling (float16 mixed precision).
+        jit_compile: bool. Compile each micro-batch's gradient computation with XLA.
+        state: dict of tf.Variables: step, data_epoch, data_index, loss_scale, good_steps.
+    """
+
+    GROWTH_INTERVAL = 2000
+
+    def __init__(
+        self,
+        model,
+        optimizer,
+        strategy,
+        model_type,
+        schedule,
+        label_smoothing,
+        clip_norm,
+        accumulation,
+        float16,
+        jit_compile,
+        state,
+    ):
+        self.model = model
+        self.optimizer = optimizer
+        self.strategy = strategy
+        self.model_type = model_type
+        self.schedule = schedule
+        self.label_smoothing = float(label_smoothing)
+        self.clip_norm = clip_norm
+        self.accumulation = int(accumulation)
+        self.float16 = float16
+        self.state = state
+        self._grads = (
+            tf.function(self._micro_grads, jit_compile=True) if jit_compile else self._micro_grads
+        )
+        self.train_fn = tf.function(self._train_fn)
+        self._probe_fn = None
+
+    def probe(self, iterator):
+        """Runs one step with the input fetched eagerly first, timing both parts.
+
+        The share of the step spent waiting for input (`input_wait_share` in TensorBoard)
+        comes from this: fetching from the prefetch buffer is instant when the pipeline
+        keeps up.
+
+        Returns:
+            `(stats, fetch_seconds, total_seconds)`; stats as from `train_fn` with n=1.
+        """
+        import time
+
+        if self._probe_fn is None:
+            spec = tuple(iterator.element_spec for _ in range(self.accumulation))
+            self._probe_fn = tf.function(self._probe, input_signature=[spec])
+        t0 = time.perf_counter()
+        batches = tuple(iterator.get_next() for _ in range(self.accumulation))
+        t1 = time.perf_counter()
+        stats = {k: v.numpy()[None] for k, v in self._probe_fn(batches).items()}
+        return stats, t1 - t0, time.perf_counter() - t0
+
+    def _probe(self, batches):
+        return self._step_on(batches)
+
+    # -- replica context -------------------------------------------------------------
+
+    def _micro_grads(self, batch: dict, loss_scale: tf.Tensor):
+        inputs, labels = model_inputs(batch, self.model_type)
+        pad_id = None if self.model_type == "encoder_classifier" else 0
+        with tf.GradientTape() as tape:
+            logits = self.model(inputs, training=True)
+            loss_sum, nll_sum, count = smoothed_cross_entropy_sum(
+                labels, logits, self.label_smoothing, pad_id
+            )
+            losses = self.model.losses
+            aux = tf.cast(tf.add_n(losses), tf.float32) if losses else tf.constant(0.0)
+            # Auxiliary losses are per-batch means: weighting them by the batch's token
+            # count makes their global contribution a token-weighted mean.
+            objective = (loss_sum + aux * count) * loss_scale
+        variables = self.model.trainable_variables
+        grads = tape.gradient(objective, variables)
+        grads = [
+            tf.zeros_like(v) if g is None else tf.convert_to_tensor(g)
+            for g, v in zip(grads, variables)
+        ]
+        stats = {
+            "loss_sum": loss_sum,
+            "nll_sum": nll_sum,
+            "tokens": count,
+            "correct": token_accuracy_counts(labels, logits, pad_id),
+            "aux_loss": aux * count,
+        }
+        return grads, stats
+
+    def _replica_step(self, batches, loss_scale):
+        ctx = tf.distribute.get_replica_context()
+        total_grads, totals = None, {k: tf.constant(0.0) for k in SUM_KEYS if k != "id_hash"}
+        id_hash = tf.constant(0, tf.int64)
+        position = tf.constant(0, tf.int64)
+        for batch in batches:
+            grads, stats = self._grads(batch, loss_scale)
+            stats.update(_batch_stats(batch, self.model_type))
+            total_grads = (
+                grads if total_grads is None else [a + g for a, g in zip(total_grads, grads)]
+            )
+            id_hash += stats.pop("id_hash")
+            for key, value in stats.items():
+                totals[key] += tf.cast(value, tf.float32)
+            position = tf.cast(batch["epoch"], tf.int64) * 2**32 + tf.cast(batch["index"], tf.int64)
+        keys = sorted(totals)
+        summed = ctx.all_reduce(tf.distribute.ReduceOp.SUM, tf.stack([totals[k] for k in keys]))
+        totals = dict(zip(keys, tf.unstack(summed)))
+        totals["id_hash"] = ctx.all_reduce(tf.distribute.ReduceOp.SUM, id_hash)
+        grads = ctx.all_reduce(tf.distribute.ReduceOp.SUM, total_grads)
+        denominator = tf.maximum(totals["tokens"], 1.0) * loss_scale
+        grads = [g / denominator for g in grads]
+        grad_norm = tf.linalg.global_norm(grads)
+        finite = tf.math.is_finite(grad_norm)
+        if self.clip_norm:
+            grads, _ = tf.clip_by_global_norm(grads, self.clip_norm, use_norm=grad_norm)
+        variables = self.model.trainable_variables
+        if self.float16:
+
+            def apply():
+                self.optimizer.apply(grads, variables)
+                return tf.constant(True)
+
+            tf.cond(finite, apply, lambda: tf.constant(False))
+        else:
+            self.optimizer.apply(grads, variables)
+        totals.update(grad_norm=grad_norm, finite=tf.cast(finite, tf.float32))
+        return totals, tf.reshape(position, [1])  # (1,): gathered over replicas
+
+    # -- cross-replica context -------------------------------------------------------
+
+    def _one_step(self, iterator):
+        return self._step_on(tuple(next(iterator) for _ in range(self.accumulation)))
+
+    def _step_on(self, batches):
+        state = self.state
+        step = state["step"].assign_add(1)
+        lr = tf.cast(self.schedule(step), tf.float32)
+        self.optimizer.learning_rate.assign(lr)
+        loss_scale = tf.identity(state["loss_scale"])
+        totals, position = self.strategy.run(self._replica_step, args=(batches, loss_scale))
+        local = self.strategy.experimental_local_results
+        totals = {k: local(v)[0] for k, v in totals.items()}
+        positions = self.strategy.gather(position, axis=0)
+        last = tf.reduce_max(positions)
+        # The next batch to read: the one after the last consumed.
+        state["data_epoch"].assign(last // 2**32)
+        state["data_index"].assign(last % 2**32 + 1)
+        if self.float16:
+            finite = totals["finite"] > 0
+            good = tf.where(finite, state["good_steps"] + 1, 0)
+            grow = good >= self.GROWTH_INTERVAL
+            scale = tf.where(
+                finite,
+                tf.where(grow, loss_scale * 2.0, loss_scale),
+                tf.maximum(loss_scale / 2.0, 1.0),
+            )
+            state["loss_scale"].assign(scale)
+            state["good_steps"].assign(tf.where(grow, tf.zeros_like(good), good))
+        totals.update(lr=lr, loss_scale=loss_scale)
+        return totals
+
+    def _train_fn(self, iterator, n):
+        names = (*SUM_KEYS, "grad_norm", "finite", "lr", "loss_scale")
+        arrays = {
+            k: tf.TensorArray(tf.int64 if k == "id_hash" else tf.float32, size=n) for k in names
+        }
+        for i in tf.range(n):
+            totals = self._one_step(iterator)
+            arrays = {k: arrays[k].write(i, totals[k]) for k in names}
+        return {k: a.stack() for k, a in arrays.items()}

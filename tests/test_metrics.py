@@ -1,0 +1,41 @@
+"""Task metrics: exact values on hand-checked cases."""
+
+import pytest
+
+from kerastx import metrics
+
+
+def test_edit_distance():
+    assert metrics.edit_distance("kitten", "sitting") == 3
+    assert metrics.edit_distance([], ["A", "B"]) == 2
+    assert metrics.edit_distance(["HH", "AH"], ["HH", "AH"]) == 0
+
+
+def test_wer_per_counts_a_word_correct_if_any_reference_matches():
+    hyps = ["T AH M EY T OW", "K AE T", "D AO G"]
+    refs = [["T AH M EY T OW", "T AH M AA T OW"], ["K AE T S"], ["D AO G", "D AA G"]]
+    out = metrics.wer_per(hyps, refs)
+    assert out["words"] == 3 and out["word_errors"] == 1
+    assert out["wer"] == pytest.approx(100 / 3)
+    # Edits: 0 (tomato) + 1 (cat vs cats, 4 phonemes) + 0 (dog, 3 phonemes).
+    assert out["phoneme_edits"] == 1 and out["phonemes"] == 6 + 4 + 3
+    assert out["per"] == pytest.approx(100 / 13)
+
+
+def test_per_uses_the_closest_reference():
+    out = metrics.wer_per(["A B C"], [["X Y Z W V", "A B D"]])
+    assert (out["phoneme_edits"], out["phonemes"]) == (1, 3)
+
+
+def test_accuracy_and_bleu():
+    assert metrics.accuracy(["a", "b"], [["a"], ["c", "d"]])["accuracy"] == 50.0
+    out = metrics.bleu_chrf(["the cat sat on the mat"], [["the cat sat on the mat"]])
+    assert out["bleu"] == pytest.approx(100.0) and out["chrf"] == pytest.approx(100.0)
+    assert out["bleu_signature"].startswith("nrefs:1|")
+
+
+def test_task_metrics_and_defaults():
+    out = metrics.task_metrics(["wer", "accuracy"], ["A"], [["A"]])
+    assert out["wer"] == 0.0 and out["accuracy"] == 100.0 and "bleu" not in out
+    assert metrics.default_metrics("seq2seq", "cmudict") == ["wer", "per"]
+    assert metrics.default_metrics("encoder_classifier", "tsv") == ["accuracy"]
