@@ -156,10 +156,19 @@ class DataConfig:
         choices=("global", "replica"),
     )
     bucket_width: int = option(
-        8,
-        doc="length buckets are multiples of this; 0 = no bucketing (pad to the max)",
+        1,
+        doc="smallest step between length-bucket boundaries (a batch is padded to its "
+        "bucket's boundary); 0 = no bucketing (every batch padded to the longest allowed "
+        "length)",
         unit="tokens",
         ge=0,
+    )
+    bucket_growth: float = option(
+        1.1,
+        doc="each bucket boundary is at least this factor times the previous one (and at "
+        "least bucket_width more), so buckets widen geometrically with length",
+        unit="ratio",
+        ge=1,
     )
     shuffle_buffer: int = option(
         100000,

@@ -1,0 +1,317 @@
+"""`build_data(cfg) -> DataModule`: what the trainer, evaluator and exporter use.
+
+`build_data` is cheap: it prepares recipe files, builds or checks the vocabularies and
+makes the tokenizers. The corpora are read and tokenized on first use (the training
+stream, an evaluation set, `report()`), once per `DataModule`.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import tensorflow as tf
+
+from kerastx.data import batching, building, encode, pipeline, sources, tokenizers
+from kerastx.data.errors import DataError
+
+logger = logging.getLogger("kerastx.data")
+
+
+class DataModule:
+    """The data of one experiment.
+
+    Args:
+        cfg: ExperimentConfig.
+        paths: dict from `build_vocabularies`.
+        raw_train: list of RawCorpus or None. Training corpora already read.
+
+    Attributes:
+        source_tokenizer: Tokenizer. Source side (the text of LMs and classifiers).
+        target_tokenizer: Tokenizer or None. Target side (seq2seq; the same object as
+            `source_tokenizer` with shared_vocab; for decoder_lm the source tokenizer;
+            None for classifiers).
+        labels: TagVocabulary or None. Classifier labels.
+        conditions: TagVocabulary or None. Condition tags (`condition_column`).
+        boundaries: int array. Bucket boundaries (padded lengths).
+    """
+
+    def __init__(self, cfg, paths: dict, raw_train=None):
+        self.cfg = cfg
+        self.model_type = cfg.model.type
+        d = cfg.data
+        self.source_tokenizer = tokenizers.make_tokenizer(
+            d.source_tokenizer.type,
+            paths["source"],
+            d.source_tokenizer.lowercase,
+            name="source_tokenizer",
+        )
+        if self.model_type == "seq2seq":
+            if paths["target"] == paths["source"]:
+                self.target_tokenizer = self.source_tokenizer
+            else:
+                self.target_tokenizer = tokenizers.make_tokenizer(
+                    d.target_tokenizer.type,
+                    paths["target"],
+                    d.target_tokenizer.lowercase,
+                    name="target_tokenizer",
+                )
+        elif self.model_type == "decoder_lm":
+            self.target_tokenizer = self.source_tokenizer
+        else:
+            self.target_tokenizer = None
+        self.labels = tokenizers.TagVocabulary(paths["labels"]) if "labels" in paths else None
+        self.conditions = (
+            tokenizers.TagVocabulary(paths["conditions"]) if "conditions" in paths else None
+        )
+        self.paths = dict(paths)
+        self.max_length = self._max_length()
+        self.boundaries = batching.bucket_boundaries(
+            self.max_length, d.bucket_width, d.bucket_growth
+        )
+        self._raw_train = raw_train
+        self._train: list[encode.Encoded] | None = None
+        self._eval: dict[str, tuple[sources.RawCorpus, encode.Encoded]] = {}
+        self._store: pipeline.Store | None = None
+
+    # -- loading -------------------------------------------------------------------------
+
+    def _max_length(self) -> int:
+        d = self.cfg.data
+        if self.model_type == "seq2seq":
+            return max(d.max_source_length, d.max_target_length)
+        return d.max_source_length
+
+    def _limits(self) -> tuple[int, int]:
+        return self.cfg.data.max_source_length, self.cfg.data.max_target_length
+
+    def train_corpora(self) -> list[encode.Encoded]:
+        """The training corpora, tokenized, after the length policy (read once)."""
+        if self._train is None:
+            raw = self._raw_train
+            if raw is None:
+                raw = building.load_train_corpora(self.cfg)
+            policy = self.cfg.data.length_policy
+            self._train = [
+                encode.encode_corpus(r, i, self, self._limits(), policy) for i, r in enumerate(raw)
+            ]
+            self._raw_train = None  # the strings are not needed any more
+            for corpus in self._train:
+                _log_counts(corpus.name, corpus.counts)
+            if not sum(len(c) for c in self._train):
+                dropped = sum(c.counts["dropped"] for c in self._train)
+                raise DataError(
+                    f"data.train: no training example left ({dropped} dropped as longer than "
+                    f"data.max_source_length/max_target_length)"
+                )
+        return self._train
+
+    def _eval_split(self, split: str) -> tuple[sources.RawCorpus, encode.Encoded]:
+        if split not in ("dev", "test"):
+            raise ValueError(f"split must be 'dev' or 'test'; got {split!r}")
+        if split not in self._eval:
+            corpus = getattr(self.cfg.data, split)
+            if corpus is None:
+                raise DataError(f"data.{split}: no {split} corpus in the experiment")
+            raw = sources.load_corpus(
+                corpus, split, 0, self.model_type, self.cfg.data, self.cfg.seed
+            )
+            enc = encode.encode_corpus(raw, 0, self, self._limits(), "eval")
+            _log_counts(enc.name, enc.counts)
+            self._eval[split] = (raw, enc)
+        return self._eval[split]
+
+    def _train_store(self) -> pipeline.Store:
+        if self._store is None:
+            corpora = self.train_corpora()
+
+            def cat(parts, dtype):
+                return tf.constant(np.concatenate(parts).astype(dtype))
+
+            def ragged(parts):
+                values = np.concatenate([p.values for p in parts]).astype(np.int32)
+                lengths = np.concatenate([p.lengths for p in parts]).astype(np.int64)
+                return tf.RaggedTensor.from_row_lengths(values, lengths, validate=False)
+
+            with_tags = [c.condition is not None for c in corpora]
+            if any(with_tags) and not all(with_tags):
+                missing = with_tags.index(False)
+                raise DataError(
+                    f"data.train[{missing}]: has no condition_column while other training "
+                    f"corpora have one; every training example needs a condition tag"
+                )
+            self._store = pipeline.Store(
+                source=ragged([c.source for c in corpora]),
+                target=ragged([c.target for c in corpora])
+                if corpora[0].target is not None
+                else None,
+                example_id=cat([c.example_id for c in corpora], np.int64),
+                label=cat([c.label for c in corpora], np.int32)
+                if corpora[0].label is not None
+                else None,
+                condition=cat([c.condition for c in corpora], np.int32)
+                if corpora[0].condition is not None
+                else None,
+            )
+        return self._store
+
+    # -- training ------------------------------------------------------------------------
+
+    def batch_lengths(self, corpora: list[encode.Encoded]) -> np.ndarray:
+        """Batching length of each example: max of the sides' model lengths."""
+        parts = []
+        for c in corpora:
+            src, tgt = c.model_lengths()
+            parts.append(np.maximum(src, tgt) if tgt is not None else src)
+        return np.concatenate(parts)
+
+    def planner(self, num_replicas: int = 1, boundaries=None) -> batching.Planner:
+        """The batch planner of the training stream for a number of replicas in sync."""
+        d = self.cfg.data
+        corpora = self.train_corpora()
+        bounds = self.boundaries if boundaries is None else boundaries
+        budget = batching.per_replica_budget(
+            d.batch_size, d.batch_unit, d.batch_scope, num_replicas
+        )
+        caps = batching.capacities(bounds, budget, d.batch_unit)
+        return batching.Planner(
+            self.batch_lengths(corpora),
+            [len(c) for c in corpora],
+            [c.weight for c in corpora],
+            bounds,
+            caps,
+            self.cfg.seed,
+            d.shuffle_buffer,
+        )
+
+    def train_dataset_fn(self, start: tuple[int, int] = (0, 0)):
+        """The function to hand to `strategy.distribute_datasets_from_function`.
+
+        Args:
+            start: (epoch, index). Where the stream starts: the next batch to train on.
+
+        Returns:
+            callable(input_context or None) -> tf.data.Dataset of per-replica batches
+            (infinite, batch keys of the data contract plus scalar int64 `epoch` and
+            `index`).
+        """
+        store = self._train_store()  # reads the data now, outside the strategy
+        start = (int(start[0]), int(start[1]))
+        if start[0] < 0 or start[1] < 0:
+            raise ValueError(f"start must be a non-negative (epoch, index); got {start}")
+
+        def dataset_fn(input_context=None):
+            replicas = input_context.num_replicas_in_sync if input_context else 1
+            pipes = input_context.num_input_pipelines if input_context else 1
+            pipe = input_context.input_pipeline_id if input_context else 0
+            if replicas % pipes:
+                raise DataError(
+                    f"{replicas} replicas cannot be split over {pipes} input pipelines evenly"
+                )
+            planner = self.planner(replicas)
+            batches = len(planner.batches(start[0])[1])
+            if start[1] > batches:
+                raise DataError(
+                    f"start position {start} is past the end of epoch {start[0]} ({batches} "
+                    f"batches with {replicas} replicas); the saved position does not match "
+                    f"this data or batching"
+                )
+            return pipeline.train_dataset(
+                planner,
+                store,
+                self.model_type,
+                start,
+                pipes,
+                pipe,
+                replicas // pipes,
+                self.cfg.data.num_parallel_calls,
+            )
+
+        return dataset_fn
+
+    # -- evaluation ----------------------------------------------------------------------
+
+    def eval_dataset(self, split: str, batch_size: int) -> tf.data.Dataset:
+        """A finite, ordered dataset of an evaluation set; every example kept.
+
+        Batches hold the training keys (without epoch/index) plus `source_text` and
+        `target_text` (raw lines; for classifiers the label, for LMs absent). Too-long
+        examples are truncated for the model and counted in `report()`.
+
+        Args:
+            split: str. "dev" or "test".
+            batch_size: int. Examples per batch.
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer; got {batch_size}")
+        raw, enc = self._eval_split(split)
+        target_text = raw.target if raw.target is not None else raw.label
+        rows = enc.rows
+        store = pipeline.Store(
+            source=enc.source.to_tf(),
+            target=enc.target.to_tf() if enc.target is not None else None,
+            example_id=tf.constant(enc.example_id),
+            label=tf.constant(enc.label) if enc.label is not None else None,
+            condition=tf.constant(enc.condition) if enc.condition is not None else None,
+            source_text=tf.constant([raw.source[i] for i in rows], tf.string),
+            target_text=tf.constant([target_text[i] for i in rows], tf.string)
+            if target_text is not None
+            else None,
+        )
+        src, tgt = enc.model_lengths()
+        return pipeline.eval_dataset(store, self.model_type, src, tgt, self.boundaries, batch_size)
+
+    def references(self, split: str) -> dict[str, list[str]]:
+        """Source text -> every distinct reference of it in the split, in file order.
+
+        For G2P a word with several pronunciations counts as correct if the output equals
+        any of them. Classifiers: text -> labels. Decoder-only LMs: empty (no references).
+        """
+        raw, _ = self._eval_split(split)
+        refs = raw.target if raw.target is not None else raw.label
+        out: dict[str, list[str]] = {}
+        if refs is None:
+            return out
+        for source, ref in zip(raw.source, refs):
+            known = out.setdefault(source, [])
+            if ref not in known:
+                known.append(ref)
+        return out
+
+    def report(self) -> dict:
+        """Counts per split and corpus: examples, kept, dropped, truncated, replaced, ..."""
+        out = {"train": _summed([(c.name, c.counts) for c in self.train_corpora()])}
+        for split in ("dev", "test"):
+            if getattr(self.cfg.data, split) is not None:
+                raw, enc = self._eval_split(split)
+                out[split] = _summed([(enc.name, enc.counts)])
+        return out
+
+
+def _summed(named: list[tuple[str, dict]]) -> dict:
+    total: dict = {}
+    for _, counts in named:
+        for key, value in counts.items():
+            total[key] = total.get(key, 0) + value
+    total["corpora"] = [{"name": name, **counts} for name, counts in named]
+    return total
+
+
+def _log_counts(name: str, counts: dict) -> None:
+    parts = [f"{counts['examples']} examples"]
+    for key in ("dropped", "truncated", "replaced"):
+        if counts.get(key):
+            parts.append(f"{counts[key]} {key}")
+    logger.info("%s: %s", name, ", ".join(parts))
+
+
+def build_data(cfg) -> DataModule:
+    """Prepares recipes and vocabularies, and returns the experiment's DataModule."""
+    cache: dict = {}
+
+    def load_train():
+        cache["train"] = building.load_train_corpora(cfg)
+        return cache["train"]
+
+    paths = building.build_vocabularies(cfg, load_train)
+    return DataModule(cfg, paths, raw_train=cache.get("train"))
