@@ -13,6 +13,18 @@ from kerastx.config import DecodingConfig
 from kerastx.decoding import beam_search, greedy_search, sample
 
 STRATEGIES = ("greedy", "beam", "sample")
+EOS_ID = 2
+
+
+def encode_source(tokenizer, text, max_source_length: int):
+    """Raw `(B,)` strings -> `(B, S)` int32 source ids: tokens cut to fit, then EOS.
+
+    This is how the export and `predict` prepare input; the export's parity check
+    compares it with the training pipeline's own encoding.
+    """
+    pieces = tokenizer.tokenize(text)[:, : max_source_length - 1]
+    eos = tf.RaggedTensor.from_tensor(tf.fill([tf.shape(text)[0], 1], EOS_ID))
+    return tf.concat([tf.cast(pieces, tf.int32), eos], axis=1).to_tensor(default_value=0)
 
 
 def settings_from_config(cfg: DecodingConfig, **overrides) -> dict:
@@ -43,7 +55,14 @@ def _max_lengths(source_ids, a, b, max_length):
     return tf.clip_by_value(bound, 1, tf.cast(max_length, tf.int32))
 
 
-def decode_batch(model, model_type: str, inputs: dict, settings: dict, static_shapes: bool = False):
+def decode_batch(
+    model,
+    model_type: str,
+    inputs: dict,
+    settings: dict,
+    static_shapes: bool = False,
+    max_lengths=None,
+):
     """Decodes one batch with the model's key/value cache.
 
     Args:
@@ -55,6 +74,9 @@ def decode_batch(model, model_type: str, inputs: dict, settings: dict, static_sh
         settings: dict from `settings_from_config` (values may be scalar tensors; the
             strategy and, with static shapes, max_length/beam_size must be Python).
         static_shapes: bool. Fixed shapes for XLA/TPU.
+        max_lengths: `(B,)` int tensor or None. Tighter per-example output bounds; the
+            default is `max_length_a * source length + max_length_b` (seq2seq) or
+            `max_length` (LM).
 
     Returns:
         A `DecodeResult`; for beam search with shapes `(B, N, ...)`, N = n_best.
@@ -70,7 +92,7 @@ def decode_batch(model, model_type: str, inputs: dict, settings: dict, static_sh
         state = model.encode(source_ids, condition=condition)
         cache = model.init_cache(state, max_length)
         start_ids = None
-        max_lengths = _max_lengths(
+        bounds = _max_lengths(
             source_ids, settings["max_length_a"], settings["max_length_b"], max_length
         )
     else:
@@ -81,12 +103,14 @@ def decode_batch(model, model_type: str, inputs: dict, settings: dict, static_sh
         # The prompt's first token (BOS) is fed at index 0; the rest are forced outputs.
         start_ids = prompt[:, 0]
         extra = {"prefix_ids": prompt[:, 1:], "prefix_lengths": prompt_len - 1}
-        max_lengths = tf.fill([batch], tf.cast(max_length, tf.int32))
+        bounds = tf.fill([batch], tf.cast(max_length, tf.int32))
+    if max_lengths is not None:
+        bounds = tf.minimum(bounds, tf.cast(max_lengths, tf.int32))
 
     def next_fn(token_ids, cache, index):
         return model.decode_step(token_ids, cache, index)
 
-    common = dict(max_lengths=max_lengths, static_shapes=static_shapes, **extra)
+    common = dict(max_lengths=bounds, static_shapes=static_shapes, **extra)
     if strategy == "greedy":
         return greedy_search(next_fn, start_ids, cache, max_length, **common)
     if strategy == "beam":

@@ -29,6 +29,7 @@ a bounded set of shapes reaches the model (`data_stats` reports them).
 """
 
 from kerastx.data.building import build_vocabularies
+from kerastx.data.commands import run_data_stats, run_vocab
 from kerastx.data.errors import DataError
 from kerastx.data.module import DataModule, build_data
 from kerastx.data.sources import example_id, split_example_id
@@ -62,6 +63,8 @@ __all__ = [
     "example_id",
     "format_stats",
     "make_tokenizer",
+    "run_data_stats",
+    "run_vocab",
     "measure_pipeline",
     "split_example_id",
 ]

@@ -15,6 +15,16 @@ from kerastx.config import ExperimentConfig
 log = logging.getLogger("kerastx")
 
 
+def _configure_logging() -> None:
+    """kerastx's own messages at INFO on stderr; other libraries stay at WARNING."""
+    if not log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+
+
 def run(cfg: ExperimentConfig, prov=None) -> int:
     """Trains (or resumes) an experiment, then evaluates on the test split and exports.
 
@@ -29,7 +39,7 @@ def run(cfg: ExperimentConfig, prov=None) -> int:
     from kerastx.train.checkpoints import average_checkpoints
     from kerastx.train.loop import Trainer
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    _configure_logging()
     trainer = Trainer(cfg)
     trainer.run()
     if not trainer.chief:

@@ -37,10 +37,12 @@ def free_ports(count: int) -> list[int]:
 def worker_env(ports: list[int], index: int) -> dict:
     """The environment of worker `index`, with its TF_CONFIG."""
     env = dict(os.environ)
-    env["TF_CONFIG"] = json.dumps({
-        "cluster": {"worker": [f"localhost:{p}" for p in ports]},
-        "task": {"type": "worker", "index": index},
-    })
+    env["TF_CONFIG"] = json.dumps(
+        {
+            "cluster": {"worker": [f"localhost:{p}" for p in ports]},
+            "task": {"type": "worker", "index": index},
+        }
+    )
     return env
 
 
@@ -50,8 +52,9 @@ def _pump(index: int, stream, out) -> None:
         out.flush()
 
 
-def run(experiment: list[str], overrides: list[str], workers: int = 2,
-        extra_env: dict | None = None) -> int:
+def run(
+    experiment: list[str], overrides: list[str], workers: int = 2, extra_env: dict | None = None
+) -> int:
     """Runs `kerastx train` in `workers` local processes; returns the exit code.
 
     Args:
@@ -70,8 +73,13 @@ def run(experiment: list[str], overrides: list[str], workers: int = 2,
     for i in range(workers):
         env = worker_env(ports, i)
         env.update(extra_env or {})
-        proc = subprocess.Popen([sys.executable, "-m", "kerastx", "train", *args], env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "kerastx", "train", *args],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         threading.Thread(target=_pump, args=(i, proc.stdout, sys.stdout), daemon=True).start()
         procs.append(proc)
     code = 0

@@ -1,0 +1,266 @@
+"""`make bench` / `kerastx bench`: speed figures, printed as a table and written as JSON.
+
+Every figure that depends on the machine is reported next to a rate measured in the same
+run: the float32 matmul rate (1024 x 1024, `train.flops.matmul_rate`) for training
+throughput (as model-FLOPs utilisation), and the training consumption for the input
+pipeline. Sections (select with `--only`):
+
+- `matmul`: the machine's float32 matmul rate.
+- `pipeline`: input pipeline examples/s and tokens/s on the G2P training set, padding
+  with and without bucketing, distinct batch shapes per epoch.
+- `train`: training tokens/s (source + target, non-pad) and MFU for the quickstart
+  model and the benchmark model (`experiments/bench_g2p.yaml`), XLA off and on.
+- `decode_cache`: greedy decoding of 64 tokens, batch 32, with and without the cache.
+- `decode`: decoding throughput (words/s, sentences/s) on the G2P test set, greedy and
+  beam 4, in the framework and through the exported SavedModel (a briefly trained
+  benchmark model: speed, not quality).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+
+import tensorflow as tf
+
+SECTIONS = ("matmul", "pipeline", "train", "decode_cache", "decode")
+ROOT_EXPERIMENTS = "experiments"
+
+
+def _cfg(name: str, run_dir: str, *overrides: str):
+    from kerastx.config import load_experiment
+
+    path = os.path.join(ROOT_EXPERIMENTS, f"{name}.yaml")
+    cfg, _ = load_experiment([path], [f"run_dir={run_dir}", *overrides])
+    return cfg
+
+
+def bench_matmul() -> dict:
+    from kerastx.train.flops import matmul_rate
+
+    rates = [matmul_rate(seconds=0.5) for _ in range(3)]
+    return {"matmul_flops_per_s": max(rates), "matmul_runs": rates}
+
+
+def bench_pipeline(quick: bool) -> dict:
+    from kerastx.data import measure_pipeline
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = _cfg("bench_g2p", tmp)
+        return measure_pipeline(cfg, seconds=2.0 if quick else 8.0)
+
+
+def bench_training(name: str, jit: bool, steps: int, warmup: int, rate: float) -> dict:
+    """Tokens/s and MFU of `steps` training steps after `warmup` steps (tracing)."""
+    from kerastx.train.flops import model_flops
+    from kerastx.train.loop import Trainer, _Window
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = _cfg(
+            name,
+            tmp,
+            f"training.train_steps={warmup + steps}",
+            f"training.jit_compile={str(jit).lower()}",
+            "evaluation.every=0",
+            "export.enabled=false",
+            "data.dev=null",
+            "data.test=null",
+            "training.checkpoint_every=1000000",
+        )
+        trainer = Trainer(cfg, progress=False)
+        iterator = trainer._iterator()
+        steps_fn = trainer.steps.train_fn
+        t0 = time.perf_counter()
+        remaining = warmup
+        while remaining:
+            n = min(remaining, cfg.training.steps_per_execution)
+            steps_fn(iterator, tf.constant(n, tf.int32))["loss_sum"].numpy()
+            remaining -= n
+        warm_seconds = time.perf_counter() - t0
+        window = _Window()
+        remaining = steps
+        while remaining:
+            n = min(remaining, cfg.training.steps_per_execution)
+            t0 = time.perf_counter()
+            stats = {k: v.numpy() for k, v in steps_fn(iterator, tf.constant(n, tf.int32)).items()}
+            window.add(stats, time.perf_counter() - t0, n)
+            remaining -= n
+        metrics = window.metrics(model_flops(trainer.model, cfg.model.type), rate)
+        params = trainer.model.count_params()
+    return {
+        "experiment": name,
+        "jit_compile": jit,
+        "steps": steps,
+        "warmup_steps": warmup,
+        "warmup_s": warm_seconds,
+        "parameters": int(params),
+        "tokens_per_s": metrics["tokens_per_second"],
+        "step_time_s": metrics["step_time"],
+        "mfu": metrics["mfu"],
+        "padding_share": metrics["padding_share"],
+        "final_loss": metrics["loss"],
+    }
+
+
+def bench_decode_cache() -> dict:
+    from kerastx.bench_decode import measure_cached_vs_uncached
+
+    return measure_cached_vs_uncached(batch_size=32, steps=64)
+
+
+def bench_decode(quick: bool) -> dict:
+    """Words/s on the G2P test set: greedy and beam 4, framework and SavedModel."""
+    from kerastx import export, inference
+    from kerastx.evaluate import decode_split
+    from kerastx.runs import load_run
+    from kerastx.train.loop import Trainer
+
+    tmp = tempfile.mkdtemp(prefix="kerastx-bench-")
+    try:
+        cfg = _cfg(
+            "bench_g2p",
+            tmp,
+            "training.train_steps=60",
+            "evaluation.every=0",
+            "export.enabled=false",
+            "training.checkpoint_every=60",
+        )
+        Trainer(cfg, progress=False).run()
+        run = load_run(tmp)
+        words = 500 if quick else 3000
+        out: dict = {"test_words": words}
+        export_dir = os.path.join(tmp, "export")
+        module_dir = export.export_model(run.model, run.data, run.cfg, export_dir)
+        loaded = tf.saved_model.load(module_dir)
+        for strategy, beam in (("greedy", 1), ("beam", 4)):
+            settings = inference.settings_from_config(
+                run.cfg.decoding, strategy=strategy, beam_size=beam, n_best=1
+            )
+            decode_split(run.model, run.data, run.cfg, "test", settings, max_examples=64)
+            t0 = time.perf_counter()
+            hyps, sources = decode_split(
+                run.model, run.data, run.cfg, "test", settings, max_examples=words
+            )
+            seconds = time.perf_counter() - t0
+            out[f"framework_{strategy}_words_per_s"] = len(sources) / seconds
+            batch = run.cfg.decoding.batch_size
+            fn = loaded.signatures["decode"]
+            args = {
+                "beam_size": tf.constant(beam),
+                "n_best": tf.constant(1),
+                "length_penalty": tf.constant(0.6),
+                "sampling": tf.constant(False),
+                "temperature": tf.constant(1.0),
+                "top_k": tf.constant(0),
+                "top_p": tf.constant(1.0),
+                "seed": tf.constant(0),
+                "max_length": tf.constant(run.cfg.decoding.max_length),
+            }
+            fn(text=tf.constant(sources[:batch]), **args)
+            t0 = time.perf_counter()
+            for start in range(0, len(sources), batch):
+                fn(text=tf.constant(sources[start : start + batch]), **args)["output"].numpy()
+            seconds = time.perf_counter() - t0
+            out[f"savedmodel_{strategy}_words_per_s"] = len(sources) / seconds
+        return out
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def run(
+    quick: bool = False, output: str = "bench/results.json", only: list[str] | None = None
+) -> int:
+    """Runs the benchmark sections, prints a table, writes JSON to `output`."""
+    from kerastx.errors import KerastxError
+
+    sections = list(only or SECTIONS)
+    unknown = [s for s in sections if s not in SECTIONS]
+    if unknown:
+        raise KerastxError(f"--only: unknown section(s) {unknown}; choose from {SECTIONS}")
+    results: dict = {
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "tensorflow": tf.__version__,
+            "gpus": [d.name for d in tf.config.list_physical_devices("GPU")],
+        },
+        "quick": quick,
+    }
+    rate = bench_matmul()
+    results["matmul"] = rate
+    flops = rate["matmul_flops_per_s"]
+    steps, warmup = (20, 10) if quick else (100, 40)
+    if "pipeline" in sections:
+        results["pipeline"] = bench_pipeline(quick)
+    if "train" in sections:
+        results["train"] = [
+            bench_training(name, jit, steps, warmup, flops)
+            for name in ("quickstart", "bench_g2p")
+            for jit in (False, True)
+        ]
+    if "decode_cache" in sections:
+        results["decode_cache"] = bench_decode_cache()
+    if "decode" in sections:
+        results["decode"] = bench_decode(quick)
+    os.makedirs(os.path.dirname(output) or ".", exist_ok=True)
+    with open(output, "w", encoding="utf-8") as f:
+        json.dump(results, f, indent=2, default=float)
+    print(format_table(results))
+    print(f"wrote {output}")
+    return 0
+
+
+def format_table(results: dict) -> str:
+    """The human-readable summary of a results dict."""
+    lines = []
+    rate = results["matmul"]["matmul_flops_per_s"]
+    lines.append(f"matmul float32 1024x1024: {rate / 1e9:.1f} GFLOP/s (best of 3)")
+    if "pipeline" in results:
+        p = results["pipeline"]
+        lines.append(
+            f"input pipeline (G2P, bench_g2p): {p['examples_per_s']:,.0f} examples/s, "
+            f"{p['nonpad_tokens_per_s']:,.0f} non-pad tokens/s"
+        )
+        lines.append(
+            f"  padding {100 * p['padding_fraction']:.1f}% bucketed "
+            f"({p['distinct_shapes_per_epoch']} batch shapes an epoch) vs "
+            f"{100 * p['padding_fraction_no_bucketing']:.1f}% unbucketed "
+            f"({p['distinct_shapes_per_epoch_no_bucketing']} shapes)"
+        )
+    if "train" in results:
+        lines.append("training (source+target non-pad tokens/s, MFU vs the matmul rate):")
+        lines.append(
+            f"  {'experiment':<12} {'xla':<5} {'params':>10} {'tokens/s':>10} "
+            f"{'MFU':>6} {'step ms':>8}"
+        )
+        for r in results["train"]:
+            lines.append(
+                f"  {r['experiment']:<12} {str(r['jit_compile']):<5} "
+                f"{r['parameters']:>10,} {r['tokens_per_s']:>10,.0f} "
+                f"{100 * r['mfu']:>5.1f}% {1000 * r['step_time_s']:>8.1f}"
+            )
+        if "pipeline" in results:
+            best = max(r["tokens_per_s"] for r in results["train"])
+            supply = results["pipeline"].get("nonpad_tokens_per_s", 0)
+            lines.append(
+                f"  pipeline supply / fastest training consumption: {supply / max(best, 1):.0f}x"
+            )
+    if "decode_cache" in results:
+        d = results["decode_cache"]
+        lines.append(
+            f"greedy decoding 64 tokens, batch 32: cached {d['cached_s']:.3f} s, "
+            f"uncached {d['uncached_s']:.3f} s, speedup {d['speedup']:.2f}x"
+        )
+    if "decode" in results:
+        d = results["decode"]
+        lines.append(f"decoding G2P test ({d['test_words']} words), words/s:")
+        for way in ("framework", "savedmodel"):
+            lines.append(
+                f"  {way:<11} greedy {d[f'{way}_greedy_words_per_s']:8,.0f}   "
+                f"beam 4 {d[f'{way}_beam_words_per_s']:8,.0f}"
+            )
+    return "\n".join(lines)
