@@ -1,8 +1,16 @@
 """Evaluation: dev/test loss and the task's metrics from decoding.
 
 `evaluate_model` is shared by evaluation during training (greedy decoding of the dev set,
-TensorBoard samples) and `kerastx evaluate RUN_DIR` (the run's decoding settings on the
-test split, results written to `RUN_DIR/eval_<split>.json`).
+TensorBoard samples and attention maps) and `kerastx evaluate RUN_DIR` (the run's decoding
+settings on the test split, results written to `RUN_DIR/eval_<split>.json`).
+
+Attention maps (`evaluation.attention_images`, seq2seq models): for the first N dev
+examples in file order, a teacher-forced pass (reference target, `training=False`)
+records the cross-attention probabilities of the last decoder layer; they are averaged
+over heads and cropped to the real tokens, giving one grey image per example with one
+row per target position (BOS + reference) and one column per source token (+ EOS);
+brightness = probability (each row sums to 1). Each cell is drawn as a square of
+pixels so short sequences stay visible.
 """
 
 from __future__ import annotations
@@ -17,6 +25,15 @@ import tensorflow as tf
 from kerastx import inference, metrics
 from kerastx.train.losses import smoothed_cross_entropy_sum, token_accuracy_counts
 from kerastx.train.step import model_inputs
+
+
+class EvaluationInterrupted(Exception):
+    """`should_stop()` became true during an evaluation (the trainer got SIGTERM)."""
+
+
+def _check(should_stop) -> None:
+    if should_stop is not None and should_stop():
+        raise EvaluationInterrupted("evaluation interrupted")
 
 
 def _text(value) -> str:
@@ -40,7 +57,14 @@ class _LossFn:
 
 
 def evaluate_model(
-    model, data, cfg, split: str, settings: dict, max_examples: int = 0, num_samples: int = 0
+    model,
+    data,
+    cfg,
+    split: str,
+    settings: dict,
+    max_examples: int = 0,
+    num_samples: int = 0,
+    should_stop=None,
 ) -> dict:
     """Loss, perplexity, token accuracy and task metrics of a model on one split.
 
@@ -52,15 +76,20 @@ def evaluate_model(
         settings: dict. Decoding settings (see `inference.settings_from_config`).
         max_examples: int. Distinct sources decoded for task metrics; 0 = all.
         num_samples: int. Examples returned as (source, references, hypothesis).
+        should_stop: callable returning bool, or None. Checked between batches.
 
     Returns:
         dict of float metrics, plus "samples" (list of dicts) and "decoded" (count).
+
+    Raises:
+        EvaluationInterrupted: `should_stop()` returned True.
     """
     model_type = cfg.model.type
     batch_size = cfg.decoding.batch_size
     loss_fn = _LossFn(model, model_type)
     nll_sum = tokens = correct = 0.0
     for batch in data.eval_dataset(split, batch_size):
+        _check(should_stop)
         nll, count, right, _ = loss_fn.fn(
             {k: v for k, v in batch.items() if k not in ("source_text", "target_text")}
         )
@@ -80,7 +109,8 @@ def evaluate_model(
         return out
     if model_type != "seq2seq" or not names:
         return out
-    hyps, sources = decode_split(model, data, cfg, split, settings, max_examples)
+    _check(should_stop)
+    hyps, sources = decode_split(model, data, cfg, split, settings, max_examples, should_stop)
     refs_by_source = data.references(split)
     refs = [refs_by_source[s] for s in sources]
     out.update(metrics.task_metrics(names, hyps, refs))
@@ -92,16 +122,22 @@ def evaluate_model(
     return out
 
 
-def decode_split(model, data, cfg, split: str, settings: dict, max_examples: int = 0):
+def decode_split(
+    model, data, cfg, split: str, settings: dict, max_examples: int = 0, should_stop=None
+):
     """Decodes each distinct source of a split once, in file order.
 
     Returns:
         `(hypotheses, sources)`: lists of str.
+
+    Raises:
+        EvaluationInterrupted: `should_stop()` returned True (checked between batches).
     """
     decoder = inference.Decoder(model, cfg.model.type, settings)
     seen: set = set()
     hyps, sources = [], []
     for batch in data.eval_dataset(split, cfg.decoding.batch_size):
+        _check(should_stop)
         texts = [_text(t) for t in batch["source_text"].numpy()]
         keep = []
         for i, text in enumerate(texts):
@@ -128,8 +164,93 @@ def _trim_columns(ids: tf.Tensor) -> tf.Tensor:
     return ids[:, : max(width, 1)]
 
 
-def evaluate_during_training(trainer, board) -> dict:
-    """Dev-set evaluation at the current step; writes TensorBoard scalars and samples."""
+def cross_attention(model, inputs: dict) -> np.ndarray:
+    """Cross-attention probabilities of the last decoder layer in a teacher-forced pass.
+
+    The probabilities are read as the layer computes them (its `_compute_attention` is
+    wrapped for one forward pass with `training=False`), so no layer code changes.
+
+    Args:
+        model: a `Seq2SeqTransformer`.
+        inputs: dict with `source_ids (B, S)`, `target_in_ids (B, T)` [, `condition`].
+
+    Returns:
+        float32 array `(B, N, T, S)`: per head, each target position's distribution
+        over source positions (zero on padded sources).
+    """
+    attention = model.decoder_layers[-1]._cross_attention
+    original = attention._compute_attention
+    captured = []
+
+    def capture(*args, **kwargs):
+        outputs, probabilities = original(*args, **kwargs)
+        captured.append(probabilities)
+        return outputs, probabilities
+
+    attention._compute_attention = capture
+    try:
+        model(inputs, training=False)
+    finally:
+        del attention._compute_attention
+    return np.asarray(tf.cast(captured[-1], tf.float32))
+
+
+def attention_maps(model, data, cfg, split: str, count: int) -> list[dict]:
+    """Head-averaged cross-attention maps of the first `count` examples of a split.
+
+    Returns:
+        list of dicts: "image" float32 `(T_real, S_real)` in [0, 1] (rows: BOS + target
+        tokens, columns: source tokens + EOS), "source", "target" (str).
+    """
+    if cfg.model.type != "seq2seq" or count <= 0:
+        return []
+    maps: list = []
+    for batch in data.eval_dataset(split, cfg.decoding.batch_size):
+        take = min(count - len(maps), int(batch["source_ids"].shape[0]))
+        inputs, _ = model_inputs({k: v[:take] for k, v in batch.items()}, "seq2seq")
+        probabilities = cross_attention(model, inputs).mean(axis=1)  # (B, T, S)
+        source_ids = np.asarray(inputs["source_ids"])
+        target_ids = np.asarray(inputs["target_in_ids"])
+        for i in range(take):
+            rows, cols = int(np.sum(target_ids[i] != 0)), int(np.sum(source_ids[i] != 0))
+            maps.append(
+                {
+                    "image": probabilities[i, :rows, :cols],
+                    "source": _text(batch["source_text"][i].numpy()),
+                    "target": _text(batch["target_text"][i].numpy())
+                    if "target_text" in batch
+                    else "",
+                }
+            )
+        if len(maps) >= count:
+            break
+    return maps
+
+
+def _enlarge(image: np.ndarray, pixels: int = 128) -> np.ndarray:
+    """Repeats each cell so the longer side is about `pixels` pixels."""
+    cell = max(1, pixels // max(image.shape))
+    return np.repeat(np.repeat(image, cell, axis=0), cell, axis=1)
+
+
+def evaluate_during_training(trainer, board, should_stop=None) -> dict:
+    """Dev-set evaluation at the current step; writes TensorBoard scalars and samples.
+
+    Writes `eval/<metric>` scalars, the `eval/samples` text table (source, references,
+    hypothesis of `evaluation.num_samples` examples) and `eval/attention/<i>` images
+    (`evaluation.attention_images` examples; see the module docstring).
+
+    Args:
+        trainer: the `Trainer` (model, data, config, step).
+        board: its `summaries.Board`.
+        should_stop: callable or None; see `evaluate_model`.
+
+    Returns:
+        dict of the float metrics (empty without a dev set).
+
+    Raises:
+        EvaluationInterrupted: `should_stop()` returned True; nothing was written.
+    """
     cfg = trainer.cfg
     if cfg.data.dev is None:
         return {}
@@ -142,13 +263,13 @@ def evaluate_during_training(trainer, board) -> dict:
         settings,
         max_examples=cfg.evaluation.max_examples,
         num_samples=cfg.evaluation.num_samples,
+        should_stop=should_stop,
     )
+    _check(should_stop)
+    maps = attention_maps(trainer.model, trainer.data, cfg, "dev", cfg.evaluation.attention_images)
     step = trainer.step
-    board.scalars(
-        step,
-        {k: v for k, v in results.items() if isinstance(v, (int, float)) and k not in ("decoded",)},
-        "eval",
-    )
+    # Metrics are floats; the int counts behind them (decoded, correct, words) are not.
+    board.scalars(step, {k: v for k, v in results.items() if isinstance(v, float)}, "eval")
     samples = results.pop("samples", [])
     if samples:
         rows = ["| source | reference(s) | hypothesis |", "|---|---|---|"]
@@ -157,6 +278,15 @@ def evaluate_during_training(trainer, board) -> dict:
             for s in samples
         ]
         board.text(step, "eval/samples", "\n".join(rows))
+    for i, item in enumerate(maps):
+        board.image(
+            step,
+            f"eval/attention/{i}",
+            _enlarge(np.clip(item["image"], 0.0, 1.0)),
+            description=f"source: {item['source']}  \ntarget: {item['target']}  \n"
+            "rows: BOS + target tokens; columns: source tokens + EOS; last decoder "
+            "layer, mean over heads",
+        )
     return {k: v for k, v in results.items() if isinstance(v, (int, float))}
 
 

@@ -1,300 +1,300 @@
 """`kerastx export RUN_DIR`: a SavedModel that takes raw text and returns text.
 
-Signatures (see `saved_model_cli show --all --dir RUN_DIR/export`):
+Signatures (`saved_model_cli show --all --dir RUN_DIR/export`) of seq2seq and
+decoder_lm models; for a decoder_lm `text` is a prompt and every output is its
+continuation only (the prompt is not repeated):
 
 - `serving_default`: `text (B,)` string -> `output (B,)` string, `score (B,)` float32,
   decoded with the run's `decoding:` settings.
-- `decode`: the same plus every decoding setting as a scalar input chosen per request:
-  `beam_size` (1 = greedy), `n_best`, `length_penalty`, `sampling` (bool), `temperature`,
-  `top_k`, `top_p`, `seed`, `max_length` (at most the exported cache bound);
-  outputs `output (B,)`, `outputs (B, N)` (n-best), `scores (B, N)`, `lengths (B, N)`.
-- `decode_ids`: `source_ids (B, S)` int32 (tokens + EOS, 0-padded) and the same settings
-  -> `ids (B, N, T)`, `scores (B, N)`, `lengths (B, N)`.
+- `decode`: `text (B,)` and every per-request setting as a scalar input: `beam_size`
+  int32 (1 = greedy), `n_best` int32, `length_penalty` float32, `sampling` bool,
+  `temperature` float32, `top_k` int32, `top_p` float32, `seed` int32, `max_length` int32
+  (capped by the exported `decoding.max_length`) -> `output (B,)` (the best),
+  `outputs (B, N)` (n-best), `scores (B, N)` (the ranking score: log-probability,
+  divided by the GNMT length penalty in beam search), `log_probs (B, N)` (summed
+  log-probability), `lengths (B, N)` int32 (tokens, EOS included).
+- `decode_ids`: `source_ids (B, S)` int32 (tokens + EOS, 0-padded) - for a decoder_lm
+  `prompt_ids (B, P)` (BOS + tokens, 0-padded) - and the same settings -> `ids (B, N, T)`,
+  `scores`, `log_probs`, `lengths`.
 
-From Python, `loaded.translate(text, beam_size=...)` takes the settings as optional
-keyword arguments with the run's defaults. Tokenization and detokenization run inside
-the graph (tensorflow-text ops): a client needs `import tensorflow_text` before
-`tf.saved_model.load`, and nothing from kerastx. The vocabularies and the resolved
-config travel in `assets/`.
+EncoderClassifier: `serving_default` and `classify`: `text (B,)` -> `label (B,)` string,
+`score (B,)` (its probability), `probabilities (B, C)` float32, `classes (B, C)` string
+(the label of each column).
 
-Export checks itself: N dev examples are decoded by the reloaded SavedModel and by the
-framework's decoder; any difference fails the export and lists the first mismatches.
+From Python, `loaded.translate(text, beam_size=4)` takes the settings as optional
+keyword arguments (default: the run's `decoding:` section); `loaded.decode_ids` too.
+Tokenization and detokenization run inside the graph (tensorflow-text ops): a client
+needs `import tensorflow_text` before `tf.saved_model.load`, and nothing from kerastx.
+The vocabularies and the resolved config (`config.yaml`) travel in `assets/`. The
+SavedModel holds only TensorFlow state: variables, lookup tables, assets and
+`tf.function`s (no Keras model object).
+
+Export checks itself: dev examples are decoded by the reloaded SavedModel and by the
+framework; any difference fails the export and lists the first mismatches.
 """
 
 from __future__ import annotations
 
+import inspect
 import os
 import shutil
 
+import numpy as np
 import tensorflow as tf
 
 from kerastx import inference
 from kerastx.errors import KerastxError
 
 EXPORT_DIR = "export"
+_STRINGS = tf.TensorSpec([None], tf.string)
+_IDS = tf.TensorSpec([None, None], tf.int32)
 
 
 class ExportParityError(KerastxError):
     """The exported model decodes differently from the framework."""
 
 
-def _spec(dtype):
-    return tf.TensorSpec([], dtype)
-
-
-class TextModel(tf.Module):
-    """The exported module: model, tokenizers, decoding defaults, config asset.
+def _with_settings(impl, first: str, first_spec, defaults: dict):
+    """`impl(first, **settings)` as a `tf.function` whose per-request settings are
+    optional keyword arguments for Python callers and inputs of its signature.
 
     Args:
-        model: a trained Seq2SeqTransformer.
-        source_tokenizer, target_tokenizer: kerastx.data tokenizers (tf.Modules).
-        settings: dict. Default decoding settings (from the run's `decoding:`).
-        max_source_length: int. Longest source (tokens, with EOS); longer input is cut.
+        impl: callable `(first, **settings) -> dict of tensors`.
+        first: str. Name of the first argument (the signature's batch input).
+        first_spec: tf.TensorSpec of the first argument.
+        defaults: dict. Python defaults of `inference.REQUEST_SETTINGS`.
+    """
+    param = inspect.Parameter
+    params = [param(first, param.POSITIONAL_OR_KEYWORD)]
+    params += [
+        param(name, param.POSITIONAL_OR_KEYWORD, default=defaults[name])
+        for name, _ in inference.REQUEST_SETTINGS
+    ]
+    signature = inspect.Signature(params)
+
+    def function(*args, **kwargs):
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        request = dict(bound.arguments)
+        return impl(request.pop(first), **request)
+
+    function.__signature__ = signature  # what tf.function reads for names and defaults
+    function.__name__ = impl.__name__
+    specs = [first_spec] + [tf.TensorSpec([], dtype) for _, dtype in inference.REQUEST_SETTINGS]
+    return tf.function(function, input_signature=specs)
+
+
+class TextExport(tf.Module):
+    """The exported seq2seq or decoder_lm: variables, tokenizers, config, functions.
+
+    Args:
+        model: a trained `Seq2SeqTransformer` or `DecoderLM` (only its variables are
+            saved; the functions are traced from it).
+        model_type: str. "seq2seq" or "decoder_lm".
+        source_tokenizer, target_tokenizer: kerastx.data tokenizers (tf.Modules); for a
+            decoder_lm the same one.
+        settings: dict. Default decoding settings; `max_length` is the cache size.
+        max_input_length: int. seq2seq: longest source (tokens with EOS); decoder_lm:
+            longest prompt (tokens, BOS not counted). Longer input is cut.
         config_path: str. The run's config.yaml, copied into assets/.
     """
 
     def __init__(
         self,
         model,
+        model_type: str,
         source_tokenizer,
         target_tokenizer,
         settings: dict,
-        max_source_length: int,
+        max_input_length: int,
         config_path: str,
     ):
-        super().__init__(name="kerastx_text_model")
-        self.model = model
+        super().__init__(name="kerastx_export")
+        self.model_variables = list(model.variables)
         self.source_tokenizer = source_tokenizer
         self.target_tokenizer = target_tokenizer
         self.config_file = tf.saved_model.Asset(config_path)
-        self.defaults = dict(settings)
-        self.cache_length = int(settings["max_length"])
-        self.max_source_length = int(max_source_length)
-        d = self.defaults
-        spec = [
-            tf.TensorSpec([None], tf.string),
-            _spec(tf.int32),
-            _spec(tf.int32),
-            _spec(tf.float32),
-            _spec(tf.bool),
-            _spec(tf.float32),
-            _spec(tf.int32),
-            _spec(tf.float32),
-            _spec(tf.int32),
-            _spec(tf.int32),
-        ]
-        beam = d["beam_size"] if d["strategy"] == "beam" else 1
-        n_best = d["n_best"] if d["strategy"] == "beam" else 1
+        settings = dict(settings)
+        defaults = inference.request_defaults(settings)
+        seq2seq = model_type == "seq2seq"
+        key = "source_ids" if seq2seq else "prompt_ids"
+        encode = inference.encode_source if seq2seq else inference.encode_prompt
 
-        def translate(
-            text,
-            beam_size=beam,
-            n_best=n_best,
-            length_penalty=float(d["length_penalty"]),
-            sampling=d["strategy"] == "sample",
-            temperature=float(d["temperature"]),
-            top_k=int(d["top_k"]),
-            top_p=float(d["top_p"]),
-            seed=int(d["seed"]),
-            max_length=int(d["max_length"]),
-        ):
-            return self._translate(
-                text,
-                beam_size,
-                n_best,
-                length_penalty,
-                sampling,
-                temperature,
-                top_k,
-                top_p,
-                seed,
-                max_length,
-            )
+        def decode_ids(ids, **request):
+            result = inference.decode_request(model, model_type, {key: ids}, request, settings)
+            return {
+                "ids": result.ids,
+                "scores": result.normalized_scores,
+                "log_probs": result.scores,
+                "lengths": result.lengths,
+            }
 
-        self.translate = tf.function(translate, input_signature=spec)
+        # Each function calls the one below it, so the decoding graph is traced (and
+        # stored in the SavedModel) once.
+        def translate(text, **request):
+            out = self.decode_ids(encode(source_tokenizer, text, max_input_length), **request)
+            ids = out.pop("ids")  # (B, N, T)
+            shape = tf.shape(ids)
+            flat = tf.reshape(ids, [shape[0] * shape[1], shape[2]])
+            texts = tf.reshape(target_tokenizer.detokenize(flat), shape[:2])  # (B, N)
+            return {"output": texts[:, 0], "outputs": texts, **out}
 
         def translate_default(text):
-            out = self.translate(text)
+            request = {
+                name: tf.constant(defaults[name], dtype)
+                for name, dtype in inference.REQUEST_SETTINGS
+            }
+            out = self.translate(text, **request)
             return {"output": out["output"], "score": out["scores"][:, 0]}
 
-        self.translate_default = tf.function(translate_default, input_signature=spec[:1])
+        decode_ids.__name__ = "decode_ids"
+        translate.__name__ = "translate"
+        self.decode_ids = _with_settings(decode_ids, key, _IDS, defaults)
+        self.translate = _with_settings(translate, "text", _STRINGS, defaults)
+        self.translate_default = tf.function(translate_default, input_signature=[_STRINGS])
 
-        def decode_ids(
-            source_ids,
-            beam_size=beam,
-            n_best=n_best,
-            length_penalty=float(d["length_penalty"]),
-            sampling=d["strategy"] == "sample",
-            temperature=float(d["temperature"]),
-            top_k=int(d["top_k"]),
-            top_p=float(d["top_p"]),
-            seed=int(d["seed"]),
-            max_length=int(d["max_length"]),
-        ):
-            return self._decode_ids(
-                source_ids,
-                beam_size,
-                n_best,
-                length_penalty,
-                sampling,
-                temperature,
-                top_k,
-                top_p,
-                seed,
-                max_length,
-            )
-
-        self.decode_ids = tf.function(
-            decode_ids, input_signature=[tf.TensorSpec([None, None], tf.int32), *spec[1:]]
-        )
-
-    def encode_source(self, text):
-        """`(B,)` strings -> `(B, S)` int32 ids + EOS, as the training pipeline makes them."""
-        return inference.encode_source(self.source_tokenizer, text, self.max_source_length)
-
-    def _decode_ids(
-        self,
-        source_ids,
-        beam_size,
-        n_best,
-        length_penalty,
-        sampling,
-        temperature,
-        top_k,
-        top_p,
-        seed,
-        max_length,
-    ):
-        max_length = tf.minimum(max_length, self.cache_length)
-        base = {
-            **self.defaults,
-            "length_penalty": length_penalty,
-            "temperature": temperature,
-            "top_k": top_k,
-            "top_p": top_p,
-            "seed": seed,
-            "max_length": self.cache_length,
-        }
-        inputs = {"source_ids": source_ids}
-        # The per-request cap; decode_batch also applies a * source length + b.
-        limit = tf.fill([tf.shape(source_ids)[0]], max_length)
-
-        def run(strategy, **extra):
-            settings = {**base, "strategy": strategy, **extra}
-            result = inference.decode_batch(
-                self.model, "seq2seq", inputs, settings, max_lengths=limit
-            )
-            ids, lengths, scores = result.ids, result.lengths, result.normalized_scores
-            if ids.shape.rank == 2:
-                ids, lengths, scores = ids[:, None], lengths[:, None], scores[:, None]
-            return ids, lengths, scores
-
-        def greedy():
-            return run("greedy")
-
-        def beam():
-            return run("beam", beam_size=beam_size, n_best=n_best)
-
-        def sample():
-            return run("sample")
-
-        ids, lengths, scores = tf.cond(
-            sampling,
-            sample,
-            lambda: tf.cond(
-                tf.logical_and(tf.equal(beam_size, 1), tf.equal(n_best, 1)), greedy, beam
-            ),
-        )
-        return {"ids": ids, "lengths": lengths, "scores": scores}
-
-    def _translate(
-        self,
-        text,
-        beam_size,
-        n_best,
-        length_penalty,
-        sampling,
-        temperature,
-        top_k,
-        top_p,
-        seed,
-        max_length,
-    ):
-        source_ids = self.encode_source(text)
-        out = self._decode_ids(
-            source_ids,
-            beam_size,
-            n_best,
-            length_penalty,
-            sampling,
-            temperature,
-            top_k,
-            top_p,
-            seed,
-            max_length,
-        )
-        ids = out["ids"]
-        shape = tf.shape(ids)
-        flat = tf.reshape(ids, [shape[0] * shape[1], shape[2]])
-        texts = tf.reshape(self.target_tokenizer.detokenize(flat), shape[:2])
+    def signatures(self) -> dict:
         return {
-            "output": texts[:, 0],
-            "outputs": texts,
-            "scores": out["scores"],
-            "lengths": out["lengths"],
+            "serving_default": self.translate_default,
+            "decode": self.translate,
+            "decode_ids": self.decode_ids,
         }
+
+
+class ClassifierExport(tf.Module):
+    """The exported EncoderClassifier: text in, label and probabilities out.
+
+    Args:
+        model: a trained `EncoderClassifier`.
+        tokenizer: the source tokenizer.
+        labels: TagVocabulary of the class labels (column order of `probabilities`).
+        max_input_length: int. Longest input (tokens with EOS); longer input is cut.
+        config_path: str. The run's config.yaml, copied into assets/.
+    """
+
+    def __init__(self, model, tokenizer, labels, max_input_length: int, config_path: str):
+        super().__init__(name="kerastx_export")
+        self.model_variables = list(model.variables)
+        self.source_tokenizer = tokenizer
+        self.labels = labels
+        self.config_file = tf.saved_model.Asset(config_path)
+        num_classes = len(labels)
+
+        def classify(text):
+            source_ids = inference.encode_source(tokenizer, text, max_input_length)
+            logits = model({"source_ids": source_ids}, training=False)  # (B, C)
+            probabilities = tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)
+            best = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
+            names = labels.names(tf.range(num_classes))  # (C,)
+            return {
+                "label": tf.gather(names, best),
+                "score": tf.reduce_max(probabilities, axis=-1),
+                "probabilities": probabilities,
+                "classes": tf.tile(names[None, :], [tf.shape(text)[0], 1]),
+            }
+
+        self.classify = tf.function(classify, input_signature=[_STRINGS])
+
+    def signatures(self) -> dict:
+        return {"serving_default": self.classify, "classify": self.classify}
+
+
+def build_module(model, data, cfg) -> tf.Module:
+    """The export module of a run (any model type without a condition)."""
+    model_type = cfg.model.type
+    if cfg.model.num_conditions or cfg.model.condition_dim:
+        raise KerastxError(
+            "export: models with a condition (model.num_conditions/condition_dim) cannot be "
+            "exported yet"
+        )
+    config_path = os.path.join(cfg.run_dir, "config.yaml")
+    if model_type == "encoder_classifier":
+        return ClassifierExport(
+            model, data.source_tokenizer, data.labels, cfg.data.max_source_length, config_path
+        )
+    return TextExport(
+        model,
+        model_type,
+        data.source_tokenizer,
+        data.target_tokenizer,
+        inference.settings_from_config(cfg.decoding),
+        cfg.data.max_source_length,
+        config_path,
+    )
 
 
 def export_model(model, data, cfg, output_dir: str) -> str:
-    """Writes the SavedModel of a seq2seq run to `output_dir` (replacing it atomically)."""
-    if cfg.model.type != "seq2seq":
-        raise KerastxError(
-            f"export: model type '{cfg.model.type}' is not exportable yet (seq2seq only)"
-        )
-    settings = inference.settings_from_config(cfg.decoding)
-    module = TextModel(
-        model,
-        data.source_tokenizer,
-        data.target_tokenizer,
-        settings,
-        cfg.data.max_source_length,
-        os.path.join(cfg.run_dir, "config.yaml"),
-    )
+    """Writes the SavedModel of a run next to `output_dir` (`output_dir + ".tmp"`).
+
+    Returns:
+        The temporary directory; `run` moves it to `output_dir` after the parity check.
+    """
+    module = build_module(model, data, cfg)
     tmp = output_dir.rstrip("/") + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    tf.saved_model.save(
-        module,
-        tmp,
-        signatures={
-            "serving_default": module.translate_default,
-            "decode": module.translate,
-            "decode_ids": module.decode_ids,
-        },
-    )
+    # Saving the module (a list of variables, not the Keras model) emits no "renamed"
+    # messages: every signature input name is already a valid SavedModel name.
+    tf.saved_model.save(module, tmp, signatures=module.signatures())
     return tmp
 
 
+def _prompt(text: str) -> str:
+    """A parity-check prompt: the first half of a dev text's words (at least one)."""
+    words = text.split()
+    return " ".join(words[: max(1, len(words) // 2)])
+
+
 def parity_check(tmp_dir: str, model, data, cfg, count: int) -> int:
-    """Decodes `count` dev (or test) sources both ways; raises on any difference."""
+    """Decodes `count` dev (or test) examples both ways; raises on any difference.
+
+    seq2seq: the framework decodes the training pipeline's encoding of the sources
+    (`evaluate.decode_split`), the SavedModel the raw text (`serving_default`), so the
+    in-graph tokenization is checked too. decoder_lm: prompts are the first half of the
+    words of dev texts; classifiers: the dev texts; both through `predict`'s framework
+    and SavedModel paths. Outputs must be equal strings (classifier probabilities within
+    1e-4).
+
+    Returns:
+        The number of examples checked.
+    """
+    from kerastx import predict
     from kerastx.evaluate import decode_split
 
     split = "dev" if cfg.data.dev is not None else "test"
     if count == 0 or getattr(cfg.data, split) is None:
         return 0
     settings = inference.settings_from_config(cfg.decoding)
-    hyps, sources = decode_split(model, data, cfg, split, settings, max_examples=count)
+    batch_size = cfg.decoding.batch_size
     loaded = tf.saved_model.load(tmp_dir)
-    outputs = []
-    for start in range(0, len(sources), cfg.decoding.batch_size):
-        batch = tf.constant(sources[start : start + cfg.decoding.batch_size])
-        result = loaded.signatures["serving_default"](text=batch)
-        outputs.extend(t.decode("utf-8") for t in result["output"].numpy())
+    if cfg.model.type == "seq2seq":
+        hyps, sources = decode_split(model, data, cfg, split, settings, max_examples=count)
+        outputs = []
+        for start in range(0, len(sources), batch_size):
+            batch = tf.constant(sources[start : start + batch_size])
+            result = loaded.signatures["serving_default"](text=batch)
+            outputs.extend(t.decode("utf-8") for t in result["output"].numpy())
+        probs = None
+    else:
+        texts = predict.split_texts(data, split, count)
+        if cfg.model.type == "decoder_lm":
+            texts = list(dict.fromkeys(_prompt(t) for t in texts))
+        sources = texts
+        ours = predict.decode_with_model(model, data, cfg, texts, settings, batch_size)
+        theirs = predict.decode_with_export(loaded, cfg.model.type, texts, settings, batch_size)
+        hyps, outputs = [o[0] for o in ours.outputs], [o[0] for o in theirs.outputs]
+        probs = (ours.probabilities, theirs.probabilities) if ours.probabilities else None
     mismatches = [(s, h, o) for s, h, o in zip(sources, hyps, outputs) if h != o]
     if mismatches:
         shown = "; ".join(f"{s!r}: framework {h!r} != export {o!r}" for s, h, o in mismatches[:5])
         raise ExportParityError(
             f"export parity check failed on {len(mismatches)} of {len(sources)} examples: {shown}"
         )
+    if probs is not None:
+        gap = float(np.max(np.abs(np.asarray(probs[0]) - np.asarray(probs[1])), initial=0.0))
+        if gap > 1e-4:
+            raise ExportParityError(
+                f"export parity check failed: class probabilities differ by up to {gap:.2e}"
+            )
     return len(sources)
 
 
@@ -305,9 +305,13 @@ def run(run_dir: str, output_dir: str | None = None) -> int:
     loaded = load_run(run_dir)
     output_dir = output_dir or os.path.join(run_dir, EXPORT_DIR)
     tmp = export_model(loaded.model, loaded.data, loaded.cfg, output_dir)
-    checked = parity_check(
-        tmp, loaded.model, loaded.data, loaded.cfg, loaded.cfg.export.parity_examples
-    )
+    try:
+        checked = parity_check(
+            tmp, loaded.model, loaded.data, loaded.cfg, loaded.cfg.export.parity_examples
+        )
+    except ExportParityError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     shutil.rmtree(output_dir, ignore_errors=True)
     os.replace(tmp, output_dir)
     print(f"exported {output_dir} (from {loaded.checkpoint}); parity checked on {checked} examples")

@@ -2,18 +2,45 @@
 
 `decode_batch` is plain TensorFlow graph code (the same function is traced into the
 exported SavedModel), so the in-framework decoder and the export decode identically.
-Settings may be Python values or scalar tensors (per-request values in a SavedModel).
+Settings may be Python values or scalar tensors (per-request values in a SavedModel);
+`decode_request` chooses the strategy inside the graph from per-request tensors.
+
+Conventions shared by `predict`, `evaluate` and `export`:
+
+- seq2seq input: `source_ids (B, S)` = source tokens cut to `max_source_length - 1`, then
+  EOS, 0-padded (`encode_source`; the training pipeline's encoding).
+- decoder_lm input: `prompt_ids (B, P)` = BOS + prompt tokens (at most
+  `max_prompt_length`), 0-padded (`encode_prompt`). The prompt is fed as forced tokens
+  and the result holds only the continuation (ids, lengths and scores).
+- Output lengths: seq2seq outputs have at most `ceil(max_length_a * S) + max_length_b`
+  tokens (`S` = source tokens with EOS), capped by `max_length`; a decoder_lm's prompt
+  plus continuation have at most `max_length` tokens (BOS not counted; `max_length_a/b`
+  are not used).
+- `beam_size == 1` with `n_best == 1` is greedy search, whatever the strategy.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import tensorflow as tf
 
 from kerastx.config import DecodingConfig
-from kerastx.decoding import beam_search, greedy_search, sample
+from kerastx.decoding import DecodeResult, beam_search, greedy_search, sample
 
 STRATEGIES = ("greedy", "beam", "sample")
-EOS_ID = 2
+BOS_ID, EOS_ID = 1, 2
+# Per-request settings of the exported model, in signature order, with their dtypes.
+REQUEST_SETTINGS = (
+    ("beam_size", tf.int32),
+    ("n_best", tf.int32),
+    ("length_penalty", tf.float32),
+    ("sampling", tf.bool),
+    ("temperature", tf.float32),
+    ("top_k", tf.int32),
+    ("top_p", tf.float32),
+    ("seed", tf.int32),
+    ("max_length", tf.int32),
+)
 
 
 def encode_source(tokenizer, text, max_source_length: int):
@@ -25,6 +52,14 @@ def encode_source(tokenizer, text, max_source_length: int):
     pieces = tokenizer.tokenize(text)[:, : max_source_length - 1]
     eos = tf.RaggedTensor.from_tensor(tf.fill([tf.shape(text)[0], 1], EOS_ID))
     return tf.concat([tf.cast(pieces, tf.int32), eos], axis=1).to_tensor(default_value=0)
+
+
+def encode_prompt(tokenizer, text, max_prompt_length: int):
+    """Raw `(B,)` prompts -> `(B, P)` int32 `prompt_ids`: BOS, then at most
+    `max_prompt_length` tokens (the first ones), 0-padded."""
+    pieces = tokenizer.tokenize(text)[:, :max_prompt_length]
+    bos = tf.RaggedTensor.from_tensor(tf.fill([tf.shape(text)[0], 1], BOS_ID))
+    return tf.concat([bos, tf.cast(pieces, tf.int32)], axis=1).to_tensor(default_value=0)
 
 
 def settings_from_config(cfg: DecodingConfig, **overrides) -> dict:
@@ -48,11 +83,54 @@ def settings_from_config(cfg: DecodingConfig, **overrides) -> dict:
     return settings
 
 
-def _max_lengths(source_ids, a, b, max_length):
+def request_defaults(settings: dict) -> dict:
+    """The per-request settings (`REQUEST_SETTINGS`) equal to a settings dict, as Python
+    values: greedy is `beam_size = n_best = 1`, sampling is `sampling = True`."""
+    beam = settings["strategy"] == "beam"
+    return {
+        "beam_size": int(settings["beam_size"]) if beam else 1,
+        "n_best": int(settings["n_best"]) if beam else 1,
+        "length_penalty": float(settings["length_penalty"]),
+        "sampling": settings["strategy"] == "sample",
+        "temperature": float(settings["temperature"]),
+        "top_k": int(settings["top_k"]),
+        "top_p": float(settings["top_p"]),
+        "seed": int(settings["seed"]),
+        "max_length": int(settings["max_length"]),
+    }
+
+
+def _source_bounds(source_ids, a, b, max_length):
     """Per-example output bound `a * source_length + b`, clipped to [1, max_length]."""
     src_len = tf.reduce_sum(tf.cast(tf.not_equal(source_ids, 0), tf.float32), axis=1)
     bound = tf.cast(tf.math.ceil(tf.cast(a, tf.float32) * src_len), tf.int32) + tf.cast(b, tf.int32)
     return tf.clip_by_value(bound, 1, tf.cast(max_length, tf.int32))
+
+
+def drop_prefix(result: DecodeResult, prefix_lengths, static_shapes: bool) -> DecodeResult:
+    """Removes the first `prefix_lengths[b]` (forced) tokens of every output of example b.
+
+    Args:
+        result: a `DecodeResult` with `ids (B, T)` or `(B, N, T)`.
+        prefix_lengths: `(B,)` int32.
+        static_shapes: bool. Keep `T` (True) or cut to the longest remaining output.
+
+    Returns:
+        A `DecodeResult` of the same structure; lengths reduced (at least 0), scores
+        unchanged (forced tokens are not scored).
+    """
+    ids, lengths = result.ids, result.lengths
+    shift = tf.cast(prefix_lengths, tf.int32)
+    if ids.shape.rank == 3:
+        shift = shift[:, None]
+    width = tf.shape(ids)[-1]
+    column = tf.broadcast_to(tf.range(width) + shift[..., None], tf.shape(ids))  # (B, [N,] T)
+    picked = tf.gather(ids, tf.minimum(column, width - 1), batch_dims=ids.shape.rank - 1)
+    ids = tf.where(column < width, picked, 0)
+    lengths = tf.maximum(lengths - shift, 0)
+    if not static_shapes:
+        ids = ids[..., : tf.maximum(tf.reduce_max(lengths), 0)]
+    return result._replace(ids=ids, lengths=lengths)
 
 
 def decode_batch(
@@ -62,6 +140,7 @@ def decode_batch(
     settings: dict,
     static_shapes: bool = False,
     max_lengths=None,
+    early_exit: bool = False,
 ):
     """Decodes one batch with the model's key/value cache.
 
@@ -72,18 +151,25 @@ def decode_batch(
             `prompt_ids (B, P)` (BOS + prompt tokens, right-padded) and optional
             `condition`.
         settings: dict from `settings_from_config` (values may be scalar tensors; the
-            strategy and, with static shapes, max_length/beam_size must be Python).
-        static_shapes: bool. Fixed shapes for XLA/TPU.
-        max_lengths: `(B,)` int tensor or None. Tighter per-example output bounds; the
-            default is `max_length_a * source length + max_length_b` (seq2seq) or
-            `max_length` (LM).
+            strategy and, with static shapes, max_length/beam_size/n_best must be
+            Python). `max_length` is also the cache size.
+        static_shapes: bool. Fixed shapes for XLA/TPU (`ids (..., max_length)`).
+        max_lengths: `(B,)` int tensor or None. Tighter per-example bounds on the output
+            (decoder_lm: on prompt + continuation).
+        early_exit: bool. With static shapes, stop once every sequence has ended.
 
     Returns:
-        A `DecodeResult`; for beam search with shapes `(B, N, ...)`, N = n_best.
+        A `DecodeResult`: greedy and sampling `(B, ...)`, beam search `(B, N, ...)` with
+        N = n_best (beam search with `beam_size == n_best == 1` runs greedy search and
+        returns `(B, ...)`). decoder_lm: the continuation only.
     """
     strategy = settings["strategy"]
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}. Received: {strategy!r}")
+    if strategy == "beam" and all(
+        isinstance(settings[k], int) and settings[k] == 1 for k in ("beam_size", "n_best")
+    ):
+        strategy = "greedy"
     max_length = settings["max_length"]
     condition = inputs.get("condition")
     extra: dict = {}
@@ -92,10 +178,10 @@ def decode_batch(
         state = model.encode(source_ids, condition=condition)
         cache = model.init_cache(state, max_length)
         start_ids = None
-        bounds = _max_lengths(
+        bounds = _source_bounds(
             source_ids, settings["max_length_a"], settings["max_length_b"], max_length
         )
-    else:
+    elif model_type == "decoder_lm":
         prompt = tf.cast(inputs["prompt_ids"], tf.int32)
         batch = tf.shape(prompt)[0]
         cache = model.init_cache(batch, max_length, condition=condition)
@@ -104,17 +190,19 @@ def decode_batch(
         start_ids = prompt[:, 0]
         extra = {"prefix_ids": prompt[:, 1:], "prefix_lengths": prompt_len - 1}
         bounds = tf.fill([batch], tf.cast(max_length, tf.int32))
+    else:
+        raise ValueError(f"cannot decode a model of type {model_type!r}")
     if max_lengths is not None:
         bounds = tf.minimum(bounds, tf.cast(max_lengths, tf.int32))
 
     def next_fn(token_ids, cache, index):
         return model.decode_step(token_ids, cache, index)
 
-    common = dict(max_lengths=bounds, static_shapes=static_shapes, **extra)
+    common = dict(max_lengths=bounds, static_shapes=static_shapes, early_exit=early_exit, **extra)
     if strategy == "greedy":
-        return greedy_search(next_fn, start_ids, cache, max_length, **common)
-    if strategy == "beam":
-        return beam_search(
+        result = greedy_search(next_fn, start_ids, cache, max_length, **common)
+    elif strategy == "beam":
+        result = beam_search(
             next_fn,
             start_ids,
             cache,
@@ -124,18 +212,63 @@ def decode_batch(
             length_penalty=settings["length_penalty"],
             **common,
         )
-    seed = tf.stack([tf.cast(settings["seed"], tf.int32), tf.constant(0, tf.int32)])
-    return sample(
-        next_fn,
-        start_ids,
-        cache,
-        max_length,
-        seed=seed,
-        temperature=settings["temperature"],
-        top_k=settings["top_k"],
-        top_p=settings["top_p"],
-        **common,
+    else:
+        seed = tf.stack([tf.cast(settings["seed"], tf.int32), tf.constant(0, tf.int32)])
+        result = sample(
+            next_fn,
+            start_ids,
+            cache,
+            max_length,
+            seed=seed,
+            temperature=settings["temperature"],
+            top_k=settings["top_k"],
+            top_p=settings["top_p"],
+            **common,
+        )
+    if model_type == "decoder_lm":
+        result = drop_prefix(result, extra["prefix_lengths"], static_shapes)
+    return result
+
+
+def decode_request(model, model_type: str, inputs: dict, request: dict, settings: dict):
+    """Decodes with per-request settings given as scalar tensors (the exported model).
+
+    Sampling if `request["sampling"]`, else greedy if `beam_size == n_best == 1`, else
+    beam search: the strategy is chosen in the graph (`tf.cond`), so one trace serves
+    every request. Equals `decode_batch` with the matching settings dict.
+
+    Args:
+        model, model_type, inputs: as in `decode_batch`.
+        request: dict of scalar tensors, the keys of `REQUEST_SETTINGS`. `max_length` is
+            capped by `settings["max_length"]`.
+        settings: dict. The exported defaults; gives `max_length_a/b` and the cache size
+            `max_length` (a Python int).
+
+    Returns:
+        A `DecodeResult` with shapes `(B, N, ...)` (N = 1 unless beam search).
+    """
+    key = "source_ids" if model_type == "seq2seq" else "prompt_ids"
+    per_request = ("length_penalty", "temperature", "top_k", "top_p", "seed")
+    base = {**settings, **{name: request[name] for name in per_request}}
+    cap = tf.minimum(tf.cast(request["max_length"], tf.int32), int(settings["max_length"]))
+    limit = tf.fill([tf.shape(inputs[key])[0]], cap)
+
+    def run(strategy, **extra):
+        def branch():
+            s = {**base, "strategy": strategy, **extra}
+            result = decode_batch(model, model_type, inputs, s, max_lengths=limit)
+            if result.ids.shape.rank == 2:
+                result = DecodeResult(*(x[:, None] for x in result))
+            return tuple(result)
+
+        return branch
+
+    greedy = tf.logical_and(tf.equal(request["beam_size"], 1), tf.equal(request["n_best"], 1))
+    beam = run("beam", beam_size=request["beam_size"], n_best=request["n_best"])
+    fields = tf.cond(
+        request["sampling"], run("sample"), lambda: tf.cond(greedy, run("greedy"), beam)
     )
+    return DecodeResult(*fields)
 
 
 def best_ids(result) -> tf.Tensor:
@@ -144,23 +277,86 @@ def best_ids(result) -> tf.Tensor:
     return ids[:, 0, :] if ids.shape.rank == 3 else ids
 
 
+def _bucket(size: int, smallest: int) -> int:
+    """The smallest power of two >= size (and >= smallest)."""
+    return max(smallest, 1 << max(size - 1, 0).bit_length())
+
+
 class Decoder:
     """A reusable, traced decoder of one model and one set of settings.
 
     Args:
         model: the model.
-        model_type: str.
-        settings: dict from `settings_from_config`.
+        model_type: str. "seq2seq" or "decoder_lm".
+        settings: dict from `settings_from_config` (Python values).
+        jit_compile: bool, default False. Compile greedy and beam search with XLA:
+            static shapes with an early exit (`decode_batch(static_shapes=True,
+            early_exit=True)`); the batch is padded to a power of two and the ids to a
+            power of two of at least 8 columns, so the number of compilations stays
+            small (one per bucket pair). Results equal the dynamic decoder (same ids,
+            lengths; scores up to float rounding). Sampling always runs without XLA
+            (XLA draws different random numbers), so seeded samples do not depend on it.
+
+    Call arguments (eagerly; with `jit_compile` the inputs are padded in NumPy):
+        inputs: dict with `source_ids (B, S)` (seq2seq) or `prompt_ids (B, P)`
+            (decoder_lm), int, 0-padded; optional `condition`.
+
+    Returns:
+        The `DecodeResult` of `decode_batch` (dynamic shapes: `T = max(lengths)`).
     """
 
-    def __init__(self, model, model_type: str, settings: dict):
+    def __init__(self, model, model_type: str, settings: dict, jit_compile: bool = False):
         self.model = model
         self.model_type = model_type
         self.settings = dict(settings)
-        self._fn = tf.function(self._decode, reduce_retracing=True)
+        self.key = "source_ids" if model_type == "seq2seq" else "prompt_ids"
+        self.jit_compile = bool(jit_compile) and settings["strategy"] != "sample"
+        spec = {self.key: tf.TensorSpec([None, None], tf.int32)}
+        self._fn = tf.function(self._decode, input_signature=[spec])
+        self._fn_condition = None
+        self._fn_xla = tf.function(self._decode_static, jit_compile=True)
 
     def _decode(self, inputs):
         return decode_batch(self.model, self.model_type, inputs, self.settings)
 
+    def _decode_static(self, inputs, max_lengths):
+        return decode_batch(
+            self.model,
+            self.model_type,
+            inputs,
+            self.settings,
+            static_shapes=True,
+            max_lengths=max_lengths,
+            early_exit=True,
+        )
+
     def __call__(self, inputs: dict):
-        return self._fn(inputs)
+        inputs = {k: tf.cast(v, tf.int32) if k != "condition" else v for k, v in inputs.items()}
+        if self.jit_compile:
+            return self._call_xla(inputs)
+        if "condition" not in inputs:
+            return self._fn(inputs)
+        if self._fn_condition is None:  # one trace per condition kind (ids or vectors)
+            self._fn_condition = tf.function(self._decode, reduce_retracing=True)
+        return self._fn_condition(inputs)
+
+    def _call_xla(self, inputs: dict):
+        ids = inputs[self.key].numpy()
+        batch, width = ids.shape
+        rows, columns = _bucket(batch, 1) - batch, _bucket(width, 8) - width
+        padded = {}
+        for name, value in inputs.items():
+            value = np.asarray(value)
+            pad = [(0, rows)] + [(0, 0)] * (value.ndim - 1)
+            if name == self.key:
+                pad[1] = (0, columns)
+            padded[name] = np.pad(value, pad)
+        # Filler rows: a one-token input (EOS source, or BOS prompt) stopped after 1 step.
+        padded[self.key][batch:, 0] = EOS_ID if self.model_type == "seq2seq" else BOS_ID
+        limits = np.where(np.arange(batch + rows) < batch, self.settings["max_length"], 1)
+        result = self._fn_xla(
+            {k: tf.constant(v) for k, v in padded.items()}, tf.constant(limits, tf.int32)
+        )
+        result = DecodeResult(*(x[:batch] for x in result))
+        width = int(np.max(result.lengths.numpy(), initial=0))
+        return result._replace(ids=result.ids[..., :width])

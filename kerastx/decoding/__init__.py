@@ -16,7 +16,9 @@ a `DecodeResult`.
 
 Settings may be Python numbers or scalar tensors (per-request values fed into one
 traced graph); with `static_shapes=True` (fixed shapes for XLA/TPU) `max_length`,
-`beam_size` and `num_return` must be Python ints.
+`beam_size` and `num_return` must be Python ints. Static mode runs exactly `max_length`
+steps unless `early_exit=True`, which stops the (still fixed-shape) loop once every
+sequence has ended; XLA compiles that data-dependent loop condition.
 """
 
 from kerastx.decoding.beam_search import beam_search

@@ -8,7 +8,9 @@ from kerastx.decoding import _common
 from kerastx.decoding.decode_result import DecodeResult
 
 
-def decode_sequential(next_fn, inputs, cache, choose_fn, *, eos_id, pad_id, static_shapes):
+def decode_sequential(
+    next_fn, inputs, cache, choose_fn, *, eos_id, pad_id, static_shapes, early_exit=False
+):
     """Decodes one hypothesis per example, choosing each token with `choose_fn`.
 
     Args:
@@ -18,8 +20,10 @@ def decode_sequential(next_fn, inputs, cache, choose_fn, *, eos_id, pad_id, stat
         choose_fn: callable `(logits (B, V) float32, index) -> token_ids (B,) int32`.
         eos_id: int. End-of-sequence token.
         pad_id: int. Token emitted after the end.
-        static_shapes: bool. Run exactly `max_length` steps with fixed shapes (True), or
-            stop once every sequence has ended (False).
+        static_shapes: bool. Fixed shapes, `ids (B, max_length)` (True), or `ids` cut to
+            the longest output (False). Dynamic mode stops once every sequence has ended.
+        early_exit: bool, default False. Static mode only: stop once every sequence has
+            ended (same shapes and results) instead of running exactly `max_length` steps.
 
     Returns:
         A `DecodeResult` with `ids (B, T)`, `lengths (B,)`, `scores (B,)`,
@@ -49,10 +53,15 @@ def decode_sequential(next_fn, inputs, cache, choose_fn, *, eos_id, pad_id, stat
         new_state = (index + 1, tokens, cache, ids, finished, lengths, scores)
         return _common.keep_shapes(new_state, state)
 
-    if static_shapes:
+    if static_shapes and not early_exit:
 
         def cond(index, *_):
             return index < max_length
+
+    elif static_shapes:  # A data-dependent condition: XLA compiles it into its while loop.
+
+        def cond(index, tokens, cache, ids, finished, *_):
+            return (index < max_length) & ~tf.reduce_all(finished)
 
     else:
 

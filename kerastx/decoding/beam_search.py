@@ -22,6 +22,7 @@ def beam_search(
     prefix_ids=None,
     prefix_lengths=None,
     static_shapes=False,
+    early_exit=False,
     pad_id=_common.PAD_ID,
     bos_id=_common.BOS_ID,
     eos_id=_common.EOS_ID,
@@ -77,6 +78,10 @@ def beam_search(
             True (XLA/TPU): exactly `max_length` steps with fixed shapes and
             `T = max_length`; `max_length`, `beam_size` and `num_return` must be Python
             ints (`length_penalty` and `max_lengths` may stay tensors).
+        early_exit: bool, default False. Static mode only: stop the loop once every
+            example has stopped instead of after exactly `max_length` steps; shapes and
+            results are unchanged (the loop condition reads the `done` flags, which XLA
+            compiles into its while loop). Dynamic mode always stops early.
         pad_id: int, default 0. Fills positions after the end.
         bos_id: int, default 1. Start token used when `start_ids` is None.
         eos_id: int, default 2. Ends a hypothesis.
@@ -202,10 +207,15 @@ def beam_search(
         new_state += (fin_seq, fin_norm, fin_logp, fin_len, fin_valid, done)
         return _common.keep_shapes(new_state, state)
 
-    if static_shapes:
+    if static_shapes and not early_exit:
 
         def cond(index, *_):
             return index < t
+
+    elif static_shapes:  # A data-dependent condition: XLA compiles it into its while loop.
+
+        def cond(index, *args):
+            return (index < t) & ~tf.reduce_all(args[-1])
 
     else:
 

@@ -18,6 +18,7 @@ def greedy_search(
     prefix_ids=None,
     prefix_lengths=None,
     static_shapes=False,
+    early_exit=False,
     pad_id=_common.PAD_ID,
     bos_id=_common.BOS_ID,
     eos_id=_common.EOS_ID,
@@ -54,6 +55,10 @@ def greedy_search(
             for XLA/TPU): exactly `max_length` steps, fixed shapes, `ids` has
             `max_length` columns; `max_length` must then be a Python int. The first
             `max(lengths)` columns and all other outputs equal the dynamic result.
+        early_exit: bool, default False. Static mode only: stop the loop once every
+            sequence has ended instead of after exactly `max_length` steps (the loop
+            condition reads the finished flags; XLA compiles it). Shapes and results are
+            unchanged. Dynamic mode always stops early.
         pad_id: int, default 0. Emitted after the end.
         bos_id: int, default 1. Start token used when `start_ids` is None.
         eos_id: int, default 2. Ends a sequence (and is part of it).
@@ -88,5 +93,12 @@ def greedy_search(
         return tf.argmax(logits, axis=-1, output_type=tf.int32)
 
     return decode_sequential(
-        next_fn, inputs, cache, choose, eos_id=eos_id, pad_id=pad_id, static_shapes=static_shapes
+        next_fn,
+        inputs,
+        cache,
+        choose,
+        eos_id=eos_id,
+        pad_id=pad_id,
+        static_shapes=static_shapes,
+        early_exit=early_exit,
     )

@@ -23,6 +23,7 @@ def sample(
     prefix_ids=None,
     prefix_lengths=None,
     static_shapes=False,
+    early_exit=False,
     pad_id=_common.PAD_ID,
     bos_id=_common.BOS_ID,
     eos_id=_common.EOS_ID,
@@ -58,6 +59,10 @@ def sample(
         static_shapes: bool, default False. Exactly `max_length` steps with fixed
             shapes (XLA/TPU); `max_length` must then be a Python int. All sampling
             settings may stay tensors.
+        early_exit: bool, default False. Static mode only: stop the loop once every
+            sequence has ended instead of after exactly `max_length` steps (the loop
+            condition reads the finished flags; XLA compiles it). Shapes and results are
+            unchanged. Dynamic mode always stops early.
         pad_id: int, default 0. Emitted after the end.
         bos_id: int, default 1. Start token used when `start_ids` is None.
         eos_id: int, default 2. Ends a sequence.
@@ -122,5 +127,12 @@ def sample(
             return tf.where(temperature > 0, draw(logits, index), argmax(logits))
 
     return decode_sequential(
-        next_fn, inputs, cache, choose, eos_id=eos_id, pad_id=pad_id, static_shapes=static_shapes
+        next_fn,
+        inputs,
+        cache,
+        choose,
+        eos_id=eos_id,
+        pad_id=pad_id,
+        static_shapes=static_shapes,
+        early_exit=early_exit,
     )

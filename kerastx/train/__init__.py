@@ -25,34 +25,31 @@ def _configure_logging() -> None:
         log.propagate = False
 
 
-def run(cfg: ExperimentConfig, prov=None) -> int:
-    """Trains (or resumes) an experiment, then evaluates on the test split and exports.
+def run(cfg: ExperimentConfig, prov=None, data=None, strategy=None) -> int:
+    """Trains (or resumes) an experiment, then averages, evaluates on the test split, exports.
+
+    A run that is already complete (see `Trainer.completion`) is left untouched: the
+    message says so and nothing else runs.
 
     Args:
         cfg: the resolved experiment.
         prov: its provenance (unused here; kept for the CLI's uniform call).
+        data: a DataModule, or None to build it from `cfg` (tests pass a fake one).
+        strategy: a tf.distribute strategy, or None for `cfg.distribution`'s.
 
     Returns:
         0 on success (errors raise; SIGTERM raises `Preempted`, exit code 75).
     """
     del prov
-    from kerastx.train.checkpoints import average_checkpoints
     from kerastx.train.loop import Trainer
 
     _configure_logging()
-    trainer = Trainer(cfg)
-    trainer.run()
-    if not trainer.chief:
+    trainer = Trainer(cfg, data=data, strategy=strategy)
+    result = trainer.run()
+    if result["complete"] or not trainer.chief:
         return 0
     if cfg.training.average_last > 1:
-        paths = trainer.checkpoints.manager.checkpoints[-cfg.training.average_last :]
-        out = average_checkpoints(
-            trainer.model,
-            list(paths),
-            os.path.join(cfg.run_dir, "checkpoints", "averaged"),
-            trainer.step,
-        )
-        print(f"averaged the last {len(paths)} checkpoints into {out}")
+        average_last(trainer)
     if cfg.data.test is not None:
         from kerastx import evaluate
 
@@ -67,3 +64,34 @@ def run(cfg: ExperimentConfig, prov=None) -> int:
         else:
             export(cfg.run_dir)
     return 0
+
+
+def average_last(trainer) -> str:
+    """Averages the model weights of the run's last `training.average_last` checkpoints.
+
+    Writes `checkpoints/averaged/ckpt-<step>` (which `kerastx evaluate`, `predict` and
+    `export` then load) and leaves the trainer's model holding the averaged weights.
+
+    Returns:
+        The path of the averaged checkpoint.
+    """
+    from kerastx.train.checkpoints import average_checkpoints
+
+    wanted = trainer.cfg.training.average_last
+    paths = list(trainer.checkpoints.manager.checkpoints[-wanted:])
+    if len(paths) < wanted:
+        log.warning(
+            "training.average_last=%d but only %d checkpoints are kept "
+            "(training.keep_checkpoints=%d); averaging those",
+            wanted,
+            len(paths),
+            trainer.cfg.training.keep_checkpoints,
+        )
+    out = average_checkpoints(
+        trainer.model,
+        paths,
+        os.path.join(trainer.cfg.run_dir, "checkpoints", "averaged"),
+        trainer.step,
+    )
+    log.info("averaged the last %d checkpoints into %s", len(paths), out)
+    return out

@@ -10,19 +10,33 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from kerastx.config import ExperimentConfig, ModelConfig, TrainingConfig, load_experiment
+from kerastx.config import ExperimentConfig, ModelConfig, TrainingConfig
 from kerastx.errors import KerastxError
 
 log = logging.getLogger("kerastx")
 
 POLICIES = {"none": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
-# Which variables each `training.init_parts` entry names (substrings of variable paths).
-PART_PATTERNS = {
-    "encoder": ("encoder",),
-    "decoder": ("decoder",),
-    "embeddings": ("embedding",),
-    "output": ("output", "logits"),
+# What each `training.init_parts` entry copies, by variable path (without the model name).
+INIT_PARTS = {
+    "encoder": "encoder layers and the encoder's final norm",
+    "decoder": "decoder layers and the decoder's final norm",
+    "embeddings": "token, learned-position and condition embedding tables",
+    "output": "the output projection (untied output kernel, output bias, classifier head)",
 }
+
+
+def in_part(path: str, part: str) -> bool:
+    """Whether the variable at `path` (e.g. `encoder_layer_0/ffn/kernel`) is in `part`."""
+    names = path.split("/")
+    if part in ("encoder", "decoder"):
+        return names[0].startswith(part + "_")
+    if part == "embeddings":
+        return names[-1] == "embeddings"
+    if part == "output":
+        return names[0] == "head" or (
+            names[0].endswith("_embedding") and names[-1] in ("output_kernel", "output_bias")
+        )
+    raise ValueError(f"unknown init part {part!r} (use: {', '.join(INIT_PARTS)}, optimizer)")
 
 
 def set_precision(mixed_precision: str) -> None:
@@ -82,11 +96,6 @@ def build_model(cfg: ExperimentConfig, data) -> keras.Model:
     return model
 
 
-def canonical_path(variable) -> str:
-    """A variable's path without the model's own (process-dependent) name."""
-    return variable.path.split("/", 1)[-1]
-
-
 def checkpoint_path(path: str) -> str:
     """A run directory, a checkpoints directory or a checkpoint prefix -> the prefix."""
     for candidate in (os.path.join(path, "checkpoints"), path):
@@ -99,47 +108,62 @@ def checkpoint_path(path: str) -> str:
     raise KerastxError(f"training.init_from: no checkpoint found at {path}")
 
 
-def init_from(model: keras.Model, optimizer, cfg: TrainingConfig) -> None:
+def init_from(model: keras.Model, optimizer, cfg: TrainingConfig) -> list[str]:
     """Copies weights (all, or the `init_parts`) from another run's checkpoint.
 
-    The source run's model is rebuilt from its `config.yaml`, restored, and its variables
-    are copied by path; a shape mismatch (e.g. another vocabulary) is an error naming the
-    variable.
-    """
-    source = cfg.init_from
-    prefix = checkpoint_path(source)
-    run_dir = os.path.dirname(os.path.dirname(prefix))
-    config_file = os.path.join(run_dir, "config.yaml")
-    if not os.path.exists(config_file):
-        raise KerastxError(
-            f"training.init_from: {config_file} not found (needed to rebuild the source model)"
-        )
-    src_cfg, _ = load_experiment([config_file])
-    from kerastx.data import build_data
-    from kerastx.train.checkpoints import VariableBag, model_checkpoint
+    Trainable variables are matched by path (without the model's name) through the
+    source run's `checkpoints/variables.json` and read straight from the checkpoint, so
+    the source model and data are not rebuilt. With `init_parts`, only the variables of
+    those parts (`INIT_PARTS`, `in_part`) are copied; without, every trainable variable
+    must exist in the source. `optimizer` in `init_parts` also loads the optimizer state
+    (same optimizer and variables needed).
 
-    src_model = build_model(src_cfg, build_data(src_cfg))
-    model_checkpoint(src_model).read(prefix).expect_partial()
+    Args:
+        model: the built model to initialize.
+        optimizer: the built optimizer.
+        cfg: the training section (`init_from`, `init_parts`).
+
+    Returns:
+        The paths of the model variables copied.
+
+    Raises:
+        KerastxError: no checkpoint, a variable missing (full init), a shape mismatch
+            (one line naming the variable and both shapes), or nothing to copy.
+    """
+    from kerastx.train.checkpoints import (
+        MODEL_KEY,
+        CheckpointError,
+        VariableBag,
+        canonical_path,
+        read_manifest,
+    )
+
+    prefix = checkpoint_path(cfg.init_from)
+    try:
+        manifest = read_manifest(prefix)
+    except CheckpointError as err:
+        raise KerastxError(f"training.init_from: {err}") from None
+    reader = tf.train.load_checkpoint(prefix)
+    index = {entry["path"]: i for i, entry in enumerate(manifest)}
     parts = [p for p in cfg.init_parts if p != "optimizer"]
-    patterns = tuple(s for p in parts for s in PART_PATTERNS[p])
-    src_vars = {canonical_path(v): v for v in src_model.trainable_variables}
-    copied = 0
+    copied = []
     for var in model.trainable_variables:
         path = canonical_path(var)
-        if patterns and not any(s in path for s in patterns):
+        if parts and not any(in_part(path, p) for p in parts):
             continue
-        src = src_vars.get(path)
-        if src is None:
-            if not patterns:
+        i = index.get(path)
+        if i is None:
+            if not parts:
                 raise KerastxError(f"training.init_from: {prefix} has no variable {path}")
             continue
-        if tuple(src.shape) != tuple(var.shape):
+        value = reader.get_tensor(MODEL_KEY.format(i))
+        if tuple(value.shape) != tuple(var.shape):
             raise KerastxError(
-                f"training.init_from: {path} has shape {tuple(src.shape)} "
+                f"training.init_from: {path} has shape {tuple(value.shape)} "
                 f"in {prefix} but {tuple(var.shape)} here"
             )
-        var.assign(np.asarray(src.numpy()))
-        copied += 1
+        var.assign(np.asarray(value))
+        copied.append(path)
     if not copied:
         raise KerastxError(
             f"training.init_from: no variable of parts {cfg.init_parts} found in {prefix}"
@@ -148,4 +172,5 @@ def init_from(model: keras.Model, optimizer, cfg: TrainingConfig) -> None:
         tf.train.Checkpoint(optimizer=VariableBag(optimizer.variables)).read(
             prefix
         ).expect_partial()
-    log.info("initialized %d variables from %s", copied, prefix)
+    log.info("initialized %d variables from %s", len(copied), prefix)
+    return copied

@@ -6,6 +6,11 @@ write leaves the previous checkpoint as the latest. On restore, a newest checkpo
 cannot be read (truncated by a full disk or a crash) is reported and the next older one
 is used; if none can be read the run stops with an error instead of starting over.
 
+Next to the checkpoints, `variables.json` lists the model's variables in checkpoint order
+(path without the model's name, shape, dtype): checkpoints store the model by position
+(see `VariableBag`), and this manifest is what lets `training.init_from` copy variables
+by name from another run without rebuilding that run's model or data.
+
 In a multi-worker run every worker takes part in the save (variables may live on all of
 them) but only the chief writes into the run directory; the others write to a scratch
 directory that is deleted right after.
@@ -13,6 +18,7 @@ directory that is deleted right after.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -26,6 +32,8 @@ log = logging.getLogger("kerastx")
 
 CHECKPOINT_DIR = "checkpoints"
 BEST_DIR = "best"
+MANIFEST = "variables.json"
+MODEL_KEY = "model/items/{}/.ATTRIBUTES/VARIABLE_VALUE"
 
 
 class CheckpointError(KerastxError):
@@ -55,6 +63,51 @@ def model_checkpoint(model, **extra) -> tf.train.Checkpoint:
     return tf.train.Checkpoint(model=VariableBag(model.variables), **extra)
 
 
+def canonical_path(variable) -> str:
+    """A variable's path without the model's own (process-dependent) name."""
+    return variable.path.split("/", 1)[-1]
+
+
+def variable_manifest(model) -> list[dict]:
+    """`{"path", "shape", "dtype"}` of each model variable, in checkpoint order."""
+    return [
+        {"path": canonical_path(v), "shape": list(v.shape), "dtype": str(v.dtype)}
+        for v in model.variables
+    ]
+
+
+def read_manifest(prefix: str) -> list[dict]:
+    """The variable manifest of the run that wrote checkpoint `prefix`.
+
+    Looked up next to the checkpoint, then one directory up (for `best/`, `averaged/`).
+
+    Raises:
+        CheckpointError: no manifest found.
+    """
+    here = os.path.dirname(os.path.abspath(prefix))
+    for directory in (here, os.path.dirname(here)):
+        path = os.path.join(directory, MANIFEST)
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as f:
+                return json.load(f)["variables"]
+    raise CheckpointError(f"{prefix}: no {MANIFEST} next to the checkpoint (or one level up)")
+
+
+def _write_manifest(directory: str, manifest: list[dict]) -> None:
+    """Writes `variables.json` atomically, unless it already holds this manifest."""
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, MANIFEST)
+    text = json.dumps({"variables": manifest}, indent=1)
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            if f.read() == text:
+                return
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
 class Checkpoints:
     """The run's checkpoints: the last K, and the best by the chosen metric.
 
@@ -64,16 +117,31 @@ class Checkpoints:
         step: tf.Variable. The trainer's step, used to number checkpoints.
         keep: int. How many recent checkpoints to keep.
         chief: bool. Whether this process writes the real files.
+        manifest: list of dict or None. `variable_manifest(model)`, written (by the
+            chief) as `variables.json` when given.
+
+    Attributes:
+        saved_step: int or None. The step of the newest checkpoint this object saved or
+            restored (None before either).
     """
 
     def __init__(
-        self, run_dir: str, objects: dict, step: tf.Variable, keep: int, chief: bool = True
+        self,
+        run_dir: str,
+        objects: dict,
+        step: tf.Variable,
+        keep: int,
+        chief: bool = True,
+        manifest: list[dict] | None = None,
     ):
         self.directory = os.path.join(run_dir, CHECKPOINT_DIR)
         self.chief = chief
         self.checkpoint = tf.train.Checkpoint(**objects)
         self.step = step
+        self.saved_step = None
         self._scratch = None
+        if chief and manifest is not None:
+            _write_manifest(self.directory, manifest)
         target = self.directory
         if not chief:
             self._scratch = tempfile.mkdtemp(prefix="kerastx-worker-ckpt-")
@@ -97,6 +165,8 @@ class Checkpoints:
         """Writes a checkpoint at the current step (and as the best one if `best`)."""
         manager = self.best_manager if best else self.manager
         path = manager.save(checkpoint_number=self.step)
+        if not best:
+            self.saved_step = int(self.step.numpy())
         if not self.chief:
             shutil.rmtree(self._scratch, ignore_errors=True)
         return path
@@ -154,6 +224,8 @@ class Checkpoints:
         """Restores every tracked object from `path`; raises if anything is missing."""
         status = self.checkpoint.read(path)
         status.assert_existing_objects_matched()
+        status.expect_partial()  # only the manager's save_counter is left unread
+        self.saved_step = int(self.step.numpy())
 
 
 def average_checkpoints(model, paths: list[str], out_dir: str, step: int) -> str:

@@ -7,14 +7,20 @@ per query token). Embedding lookups are free; the output projection is a matmul.
 
 from __future__ import annotations
 
+import functools
 import time
 
 import numpy as np
 import tensorflow as tf
 
 
+@functools.cache
 def matmul_rate(size: int = 1024, seconds: float = 0.5, dtype=tf.float32) -> float:
-    """FLOP/s of repeated `size x size` matmuls on the default device, measured now."""
+    """FLOP/s of repeated `size x size` matmuls on the default device.
+
+    Measured once per process (about a second) and reused by later trainers of the same
+    process, e.g. a resumed run or a test session.
+    """
     a = tf.random.stateless_normal([size, size], seed=[1, 2], dtype=dtype)
     b = tf.random.stateless_normal([size, size], seed=[3, 4], dtype=dtype)
 

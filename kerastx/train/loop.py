@@ -5,6 +5,12 @@ data position (epoch, next batch index), the dropout RNG state (Keras seed gener
 variables of the model), the loss scale and the early-stopping state. Re-running the same
 command restores all of it, and the data stream continues at the first batch that was not
 consumed, so every step runs exactly once.
+
+Order at a step boundary: log, evaluate (best checkpoint, early-stopping count), then
+save, so a checkpoint at an evaluation step already holds that evaluation's outcome. A
+SIGTERM during an evaluation abandons it, saves, and exits; the resumed run evaluates at
+that step first (`evaluated_step` records the last finished evaluation). A run that is
+complete (`train_steps` reached, or stopped early) does nothing when run again.
 """
 
 from __future__ import annotations
@@ -13,16 +19,14 @@ import logging
 import math
 import os
 import signal
-import time
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from kerastx.config import ExperimentConfig, write_resolved
 from kerastx.errors import KerastxError
 from kerastx.train import builders, summaries
-from kerastx.train.checkpoints import Checkpoints, VariableBag
+from kerastx.train.checkpoints import Checkpoints, VariableBag, variable_manifest
 from kerastx.train.flops import matmul_rate, model_flops
 from kerastx.train.optimizers import build_optimizer
 from kerastx.train.schedules import WarmupSchedule
@@ -40,6 +44,14 @@ class Preempted(KerastxError):
 
 class NonFiniteLoss(KerastxError):
     """The loss became NaN or Inf and the policy is `fail` (or rollbacks ran out)."""
+
+
+class _Stop(Exception):
+    """Internal: leave the training loop (early stopping) with the last eval results."""
+
+    def __init__(self, results: dict):
+        super().__init__("early stopping")
+        self.results = results
 
 
 class Trainer:
@@ -87,6 +99,7 @@ class Trainer:
                     ("good_steps", tf.constant(0, tf.int64)),
                     ("best_value", tf.constant(math.inf)),
                     ("evals_since_best", tf.constant(0, tf.int64)),
+                    ("evaluated_step", tf.constant(0, tf.int64)),
                     ("rollbacks", tf.constant(0, tf.int64)),
                 )
             }
@@ -100,6 +113,7 @@ class Trainer:
             self.state["step"],
             t.keep_checkpoints,
             chief=self.chief,
+            manifest=variable_manifest(self.model),
         )
         self.schedule = WarmupSchedule(
             t.learning_rate, t.warmup_steps, t.schedule, t.train_steps, t.min_learning_rate
@@ -158,11 +172,45 @@ class Trainer:
                     bounds.append(edge)
         return min(bounds) - step
 
+    def _eval_point(self, step: int) -> bool:
+        """Whether the dev set is evaluated after `step` (every `evaluation.every`, and last)."""
+        every = self.cfg.evaluation.every
+        return step > 0 and (
+            step == self.cfg.training.train_steps or bool(every and step % every == 0)
+        )
+
+    def _eval_pending(self) -> bool:
+        """The evaluation at the current step was interrupted (SIGTERM) and must run."""
+        step = self.step
+        return self._eval_point(step) and int(self.state["evaluated_step"].numpy()) < step
+
+    def completion(self) -> str | None:
+        """Why the restored run has nothing left to do, or None if it has."""
+        t, e = self.cfg.training, self.cfg.evaluation
+        if self._eval_pending():
+            return None
+        if self._should_stop():
+            return (
+                f"run is complete: stopped early at step {self.step} after "
+                f"{int(self.state['evals_since_best'].numpy())} evaluations without "
+                f"improvement of {e.best_metric} (evaluation.early_stopping_patience="
+                f"{e.early_stopping_patience}); nothing to do"
+            )
+        if self.step >= t.train_steps:
+            return (
+                f"run is complete: step {self.step} of training.train_steps={t.train_steps}; "
+                f"nothing to do (raise training.train_steps to train on)"
+            )
+        return None
+
     def run(self) -> dict:
         """Trains to `training.train_steps` (resuming if the run has checkpoints).
 
+        A run that is already complete is left as it is.
+
         Returns:
-            dict with the last step, the last training metrics and evaluation results.
+            dict with the last step ("step"), the last evaluation results ("eval") and
+            "complete": a message when there was nothing to do, else None.
 
         Raises:
             Preempted: SIGTERM arrived (a checkpoint at the current step was written).
@@ -170,6 +218,11 @@ class Trainer:
         """
         cfg, t = self.cfg, self.cfg.training
         self._restore_or_init()
+        done = self.completion()
+        if done:
+            if self.chief:
+                log.info("%s: %s", cfg.run_dir, done)
+            return {"step": self.step, "eval": {}, "complete": done}
         start_step = self.step
         journal = summaries.JsonlLog(cfg.run_dir, start_step, enabled=self.chief)
         board = summaries.Board(cfg.run_dir, enabled=self.chief)
@@ -177,87 +230,132 @@ class Trainer:
         if self.restored_from:
             progress.message(f"resumed from {self.restored_from} at step {start_step}")
         rate = matmul_rate()
+        flops_fn = model_flops(self.model, cfg.model.type)
         old_handler = signal.signal(signal.SIGTERM, self._on_sigterm) if _main_thread() else None
-        iterator = self._iterator()
-        window = _Window()
+        window = summaries.Window()
         last_eval: dict = {}
         profiling = False
         try:
+            if self._eval_pending():
+                # The evaluation at this step was interrupted by SIGTERM: run it first.
+                last_eval = self._boundary(board, progress, evaluate=True, save=True)
+            iterator = self._iterator()
             while self.step < t.train_steps:
                 step = self.step
                 if t.profile_steps and step + 1 == t.profile_steps[0]:
-                    board.trace_on(os.path.join(cfg.run_dir, summaries.LOG_DIR))
-                    profiling = True
+                    profiling = board.trace_on(os.path.join(cfg.run_dir, summaries.LOG_DIR))
                 n = self._chunk(step)
-                if window.steps == 0 and n > 1:
-                    # First step of a logging window: fetch the input eagerly to time it.
-                    stats, waited, elapsed = self.steps.probe(iterator)
-                    window.waited += waited
-                    window.probed += elapsed
+                taken = True
+                if window.steps == 0:
+                    # First step of a logging window: fetch its input eagerly to time it.
+                    stats, waited, elapsed, traced = self.steps.probe(iterator)
+                    if not traced:
+                        window.waited += waited
+                        window.probed += elapsed
+                    taken = self._take(step, stats, elapsed, 1, not traced, window, journal)
                     n -= 1
-                    if not self._log_steps(step, stats, journal):
-                        iterator = self._non_finite(step + 1, journal, board, progress)
-                        window = _Window()
-                        continue
-                    window.add(stats, elapsed, 1)
-                    step = self.step
-                t0 = time.perf_counter()
-                stats = self.steps.train_fn(iterator, tf.constant(n, tf.int32))
-                stats = {k: v.numpy() for k, v in stats.items()}
-                elapsed = time.perf_counter() - t0
-                bad_step = self._log_steps(step, stats, journal)
-                if bad_step is not True:
-                    iterator = self._non_finite(bad_step, journal, board, progress)
-                    window = _Window()
+                if taken is True and n:
+                    stats, elapsed, traced = self.steps.run(iterator, n)
+                    taken = self._take(
+                        self.step - n, stats, elapsed, n, not traced, window, journal
+                    )
+                if taken is not True:
+                    iterator = self._non_finite(taken, journal, board, progress)
+                    window = summaries.Window()
                     continue
-                window.add(stats, elapsed, n)
                 step = self.step
                 if profiling and step >= t.profile_steps[1]:
                     board.trace_off()
                     profiling = False
                 if step % t.log_every == 0 or step == t.train_steps:
-                    metrics = window.metrics(model_flops(self.model, cfg.model.type), rate)
+                    metrics = window.metrics(flops_fn, rate)
                     metrics["learning_rate"] = float(stats["lr"][-1])
                     if t.mixed_precision == "float16":
                         metrics["loss_scale"] = float(stats["loss_scale"][-1])
                     board.scalars(step, metrics, "train")
-                    progress.update(
-                        step,
-                        {"loss": metrics["loss"], "tok/s": round(metrics["tokens_per_second"])},
-                    )
-                    window = _Window()
-                if step % t.checkpoint_every == 0 or step == t.train_steps:
-                    self.checkpoints.save()
-                if cfg.evaluation.every and step % cfg.evaluation.every == 0:
-                    last_eval = self._evaluate(board, progress)
-                    if self._should_stop():
-                        progress.message(f"early stopping at step {step}")
-                        break
+                    shown = {"loss": metrics["loss"]}
+                    if "tokens_per_second" in metrics:
+                        shown["tok/s"] = round(metrics["tokens_per_second"])
+                    progress.update(step, shown)
+                    window = summaries.Window()
+                evaluate = self._eval_point(step)
+                save = step % t.checkpoint_every == 0 or step == t.train_steps
+                if evaluate or save:
+                    last_eval = self._boundary(board, progress, evaluate, save) or last_eval
                 if self._sigterm:
-                    self.checkpoints.save()
+                    self._save_once()
                     raise Preempted(
                         f"preempted by SIGTERM; checkpoint saved at step {step}; "
                         f"re-run the same command to resume"
                     )
+        except _Stop as stop:
+            last_eval = stop.results
         finally:
             if old_handler is not None:
                 signal.signal(signal.SIGTERM, old_handler)
             if profiling:
                 board.trace_off()
             journal.close()
-        if self.step != start_step and (
-            not cfg.evaluation.every or self.step % cfg.evaluation.every
-        ):
-            last_eval = self._evaluate(board, progress)
-        board.close()
+            board.close()
         progress.message(f"done at step {self.step}")
-        return {"step": self.step, "eval": last_eval}
+        return {"step": self.step, "eval": last_eval, "complete": None}
+
+    def _boundary(self, board, progress, evaluate: bool, save: bool) -> dict:
+        """Evaluates (if due), then saves; stops the loop if early stopping says so.
+
+        Raises:
+            Preempted: SIGTERM during the evaluation (a checkpoint was saved first).
+            _Stop: early stopping.
+        """
+        from kerastx.evaluate import EvaluationInterrupted
+
+        results: dict = {}
+        stop = False
+        if evaluate:
+            try:
+                results = self._evaluate(board, progress)
+            except EvaluationInterrupted:
+                self._save_once()
+                raise Preempted(
+                    f"preempted by SIGTERM during the evaluation at step {self.step}; "
+                    f"checkpoint saved at step {self.step} (the evaluation runs again "
+                    f"on resume); re-run the same command to resume"
+                ) from None
+            stop = self._should_stop() and self.step < self.cfg.training.train_steps
+        if save or stop:
+            self._save_once()
+        if stop:
+            progress.message(f"early stopping at step {self.step}")
+            log.info(
+                "early stopping at step %d: %s did not improve in %d evaluations",
+                self.step,
+                self.cfg.evaluation.best_metric,
+                self.cfg.evaluation.early_stopping_patience,
+            )
+            raise _Stop(results)
+        return results
+
+    def _save_once(self) -> None:
+        """Saves a checkpoint at the current step unless the newest one is at this step."""
+        if self.checkpoints.saved_step != self.step:
+            self.checkpoints.save()
 
     # -- events ------------------------------------------------------------------------
 
     def _on_sigterm(self, signum, frame):
         del signum, frame
         self._sigterm = True
+
+    def _take(self, first_step, stats, seconds, steps, timed, window, journal):
+        """Logs the steps of one call and adds them to the window, up to a bad loss.
+
+        Returns:
+            True if every loss was finite, else the first bad step.
+        """
+        bad_step = self._log_steps(first_step, stats, journal)
+        if bad_step is True:
+            window.add(stats, seconds, steps, timed)
+        return bad_step
 
     @staticmethod
     def _log_steps(first_step: int, stats: dict, journal):
@@ -266,7 +364,7 @@ class Trainer:
         Returns:
             True if every loss was finite, else the first bad step.
         """
-        records = _records(first_step, stats)
+        records = summaries.step_records(first_step, stats)
         for i, record in enumerate(records):
             if not math.isfinite(record["loss"]):
                 journal.write(records[:i])
@@ -311,17 +409,20 @@ class Trainer:
     def _evaluate(self, board, progress) -> dict:
         from kerastx import evaluate
 
-        results = evaluate.evaluate_during_training(self, board)
+        results = evaluate.evaluate_during_training(self, board, should_stop=lambda: self._sigterm)
         metric = self.cfg.evaluation.best_metric
         value = results.get(metric)
+        better = False
         if value is not None:
             better = _is_better(metric, value, float(self.state["best_value"].numpy()))
             if better:
                 self.state["best_value"].assign(_signed(metric, value))
                 self.state["evals_since_best"].assign(0)
-                self.checkpoints.save(best=True)
             else:
                 self.state["evals_since_best"].assign_add(1)
+        self.state["evaluated_step"].assign(self.step)
+        if better:
+            self.checkpoints.save(best=True)
         shown = {k: round(v, 4) for k, v in results.items() if isinstance(v, float)}
         progress.message(f"step {self.step} eval: {shown}")
         return results
@@ -351,69 +452,3 @@ def _main_thread() -> bool:
     import threading
 
     return threading.current_thread() is threading.main_thread()
-
-
-def _records(first_step: int, stats: dict) -> list[dict]:
-    """One JSON record per step of a train_fn call."""
-    out = []
-    for i in range(len(stats["loss_sum"])):
-        tokens = float(stats["tokens"][i])
-        out.append(
-            {
-                "step": first_step + i + 1,
-                "loss": float(stats["loss_sum"][i]) / max(tokens, 1.0),
-                "nll": float(stats["nll_sum"][i]) / max(tokens, 1.0),
-                "lr": float(stats["lr"][i]),
-                "grad_norm": float(stats["grad_norm"][i]),
-                "tokens": int(tokens),
-                "source_tokens": int(stats["source_tokens"][i]),
-                "examples": int(stats["examples"][i]),
-                "ids_hash": int(stats["id_hash"][i]),
-                "finite_grads": bool(stats["finite"][i]),
-            }
-        )
-    return out
-
-
-class _Window:
-    """Accumulates statistics between two logged steps."""
-
-    def __init__(self):
-        self.sums: dict = {}
-        self.seconds = 0.0
-        self.waited = 0.0
-        self.probed = 0.0
-        self.steps = 0
-        self.norms: list = []
-
-    def add(self, stats: dict, seconds: float, steps: int) -> None:
-        for key, values in stats.items():
-            if key in ("grad_norm", "lr", "loss_scale", "finite"):
-                continue
-            self.sums[key] = self.sums.get(key, 0.0) + float(np.sum(values))
-        self.norms.extend(float(v) for v in stats["grad_norm"])
-        self.seconds += seconds
-        self.steps += steps
-
-    def metrics(self, flops_fn, rate: float) -> dict:
-        s = self.sums
-        tokens = max(s.get("tokens", 0.0), 1.0)
-        loss = s.get("loss_sum", 0.0) / tokens
-        nll = s.get("nll_sum", 0.0) / tokens
-        real = s.get("real_slots", 0.0)
-        seconds = max(self.seconds, 1e-9)
-        flops = flops_fn(s)
-        return {
-            "loss": loss,
-            "nll": nll,
-            "perplexity": math.exp(min(nll, 50.0)),
-            "token_accuracy": s.get("correct", 0.0) / tokens,
-            "grad_norm": float(np.mean(self.norms)) if self.norms else 0.0,
-            "tokens_per_second": real / seconds,
-            "step_time": seconds / max(self.steps, 1),
-            # Measured on the first step of each window (see StepBuilder.probe).
-            "input_wait_share": self.waited / self.probed if self.probed else 0.0,
-            "padding_share": 1.0 - real / max(s.get("slots", 0.0), 1.0),
-            "mfu": flops / seconds / rate if rate else 0.0,
-            "aux_loss": s.get("aux_loss", 0.0) / tokens,
-        }

@@ -10,13 +10,22 @@ One replica step, for every strategy:
 3. the global norm is taken and the gradient clipped (on the global gradient, not on
    each replica's share);
 4. the optimizer applies it (a float16 step with non-finite gradients is skipped and
-   the loss scale halved).
+   the loss scale halved; the learning rate is `schedule(trainer step)`, so a skipped
+   step does not shift the schedule although Keras's `optimizer.iterations` lags).
+
+Mixture-of-experts routing counters are read inside the replica step after each
+micro-batch (each replica's own copy of the on-read variables, see
+`kerastx.layers.MixtureOfExperts`) and summed like the other statistics: a read of
+`model.moe_stats()` outside `strategy.run` sums the replicas but sees only the last
+micro-batch, which undercounts under gradient accumulation.
 
 `train_fn(iterator, n)` runs `n` such steps in one `tf.function` call and returns each
 step's statistics, so the host writes an exact per-step log.
 """
 
 from __future__ import annotations
+
+import time
 
 import tensorflow as tf
 
@@ -38,6 +47,8 @@ SUM_KEYS = (
     "attn_source",
     "aux_loss",
 )
+# Added to SUM_KEYS for models with mixture-of-experts layers.
+MOE_KEYS = ("moe_routed", "moe_dropped")
 _HASH_MULT = 2654435761
 _HASH_MOD = 2**31
 
@@ -128,6 +139,9 @@ class StepBuilder:
         self.accumulation = int(accumulation)
         self.float16 = float16
         self.state = state
+        moe_layers = getattr(model, "moe_layers", None)
+        self._moe = moe_layers() if moe_layers is not None else []
+        self.sum_keys = SUM_KEYS + (MOE_KEYS if self._moe else ())
         self._grads = (
             tf.function(self._micro_grads, jit_compile=True) if jit_compile else self._micro_grads
         )
@@ -142,18 +156,34 @@ class StepBuilder:
         keeps up.
 
         Returns:
-            `(stats, fetch_seconds, total_seconds)`; stats as from `train_fn` with n=1.
+            `(stats, fetch_seconds, total_seconds, traced)`; stats as from `train_fn`
+            with n=1; `traced`: this call traced (compiled) the step, so its time is
+            not the step's.
         """
-        import time
-
         if self._probe_fn is None:
             spec = tuple(iterator.element_spec for _ in range(self.accumulation))
             self._probe_fn = tf.function(self._probe, input_signature=[spec])
+        traces = self._probe_fn.experimental_get_tracing_count()
         t0 = time.perf_counter()
         batches = tuple(iterator.get_next() for _ in range(self.accumulation))
         t1 = time.perf_counter()
         stats = {k: v.numpy()[None] for k, v in self._probe_fn(batches).items()}
-        return stats, t1 - t0, time.perf_counter() - t0
+        traced = self._probe_fn.experimental_get_tracing_count() != traces
+        return stats, t1 - t0, time.perf_counter() - t0, traced
+
+    def run(self, iterator, n: int):
+        """Runs `n` steps in one `train_fn` call.
+
+        Returns:
+            `(stats, seconds, traced)`: numpy stats (one entry per step), the call's wall
+            time, and whether the call traced (compiled) `train_fn`.
+        """
+        traces = self.train_fn.experimental_get_tracing_count()
+        t0 = time.perf_counter()
+        stats = self.train_fn(iterator, tf.constant(n, tf.int32))
+        stats = {k: v.numpy() for k, v in stats.items()}
+        seconds = time.perf_counter() - t0
+        return stats, seconds, self.train_fn.experimental_get_tracing_count() != traces
 
     def _probe(self, batches):
         return self._step_on(batches)
@@ -188,13 +218,22 @@ class StepBuilder:
         }
         return grads, stats
 
+    def _moe_counts(self) -> dict:
+        """This replica's routing counters of the last forward pass (replica context)."""
+        routed = [tf.convert_to_tensor(layer.tokens_routed.value) for layer in self._moe]
+        dropped = [tf.convert_to_tensor(layer.tokens_dropped.value) for layer in self._moe]
+        return {"moe_routed": tf.add_n(routed), "moe_dropped": tf.add_n(dropped)}
+
     def _replica_step(self, batches, loss_scale):
         ctx = tf.distribute.get_replica_context()
-        total_grads, totals = None, {k: tf.constant(0.0) for k in SUM_KEYS if k != "id_hash"}
+        total_grads = None
+        totals = {k: tf.constant(0.0) for k in self.sum_keys if k != "id_hash"}
         id_hash = tf.constant(0, tf.int64)
         position = tf.constant(0, tf.int64)
         for batch in batches:
             grads, stats = self._grads(batch, loss_scale)
+            if self._moe:
+                stats.update(self._moe_counts())
             stats.update(_batch_stats(batch, self.model_type))
             total_grads = (
                 grads if total_grads is None else [a + g for a, g in zip(total_grads, grads)]
@@ -214,18 +253,15 @@ class StepBuilder:
         finite = tf.math.is_finite(grad_norm)
         if self.clip_norm:
             grads, _ = tf.clip_by_global_norm(grads, self.clip_norm, use_norm=grad_norm)
-        variables = self.model.trainable_variables
-        if self.float16:
-
-            def apply():
-                self.optimizer.apply(grads, variables)
-                return tf.constant(True)
-
-            tf.cond(finite, apply, lambda: tf.constant(False))
-        else:
-            self.optimizer.apply(grads, variables)
         totals.update(grad_norm=grad_norm, finite=tf.cast(finite, tf.float32))
-        return totals, tf.reshape(position, [1])  # (1,): gathered over replicas
+        position = tf.reshape(position, [1])  # (1,): gathered over replicas
+        if self.float16:
+            # Applied (or skipped) in cross-replica context by _step_on: the optimizer's
+            # merge_call cannot sit inside a tf.cond in replica context under
+            # MirroredStrategy (the keras-team/keras#21366 crash).
+            return totals, position, grads
+        self.optimizer.apply(grads, self.model.trainable_variables)
+        return totals, position
 
     # -- cross-replica context -------------------------------------------------------
 
@@ -238,9 +274,20 @@ class StepBuilder:
         lr = tf.cast(self.schedule(step), tf.float32)
         self.optimizer.learning_rate.assign(lr)
         loss_scale = tf.identity(state["loss_scale"])
-        totals, position = self.strategy.run(self._replica_step, args=(batches, loss_scale))
+        outputs = self.strategy.run(self._replica_step, args=(batches, loss_scale))
+        totals, position = outputs[:2]
         local = self.strategy.experimental_local_results
         totals = {k: local(v)[0] for k, v in totals.items()}
+        if self.float16:
+            # The gradients are all-reduced: every replica holds the same values, and
+            # each variable copy is updated with its own replica's.
+            grads = outputs[2]
+
+            def apply():
+                self.optimizer.apply(grads, self.model.trainable_variables)
+                return tf.constant(True)
+
+            tf.cond(totals["finite"] > 0, apply, lambda: tf.constant(False))
         positions = self.strategy.gather(position, axis=0)
         last = tf.reduce_max(positions)
         # The next batch to read: the one after the last consumed.
@@ -261,7 +308,7 @@ class StepBuilder:
         return totals
 
     def _train_fn(self, iterator, n):
-        names = (*SUM_KEYS, "grad_norm", "finite", "lr", "loss_scale")
+        names = (*self.sum_keys, "grad_norm", "finite", "lr", "loss_scale")
         arrays = {
             k: tf.TensorArray(tf.int64 if k == "id_hash" else tf.float32, size=n) for k in names
         }

@@ -1,22 +1,62 @@
 """What a run tells its user: TensorBoard events, the step-level JSONL log, a progress line.
 
-Only the chief writes. TensorBoard tags:
-  train/loss, train/nll, train/perplexity, train/learning_rate, train/grad_norm,
-  train/tokens_per_second, train/step_time, train/input_wait_share, train/padding_share,
-  train/mfu, train/loss_scale, train/moe_dropped_share (MoE models);
-  eval/<metric> for each evaluation metric, eval/samples (a text table),
-  eval/attention/<n> (cross-attention maps of dev examples, images).
+Only the chief writes. TensorBoard (`run_dir/logs`, `make tensorboard`) gets these tags;
+`tests/train/test_summaries.py` reads them back from the event files.
+
+Every `training.log_every` steps and at the last step (means over the window of steps
+since the previous log):
+  train/loss             label-smoothed cross-entropy per target token (the objective)
+  train/nll              negative log-likelihood per target token
+  train/perplexity       exp(nll)
+  train/token_accuracy   share of target tokens whose argmax is right
+  train/grad_norm        mean over the window's applied steps of the global norm of the
+                         true mean gradient (all replicas and micro-batches), before
+                         clipping
+  train/learning_rate    learning rate of the window's last step
+  train/padding_share    share of padding in the batches' token slots (source + target)
+  train/tokens_per_second  real (non-padding) source + target tokens per second
+  train/step_time        seconds per optimizer step
+  train/input_wait_share share of the window's first step spent waiting for its batch
+  train/mfu              model FLOPs per second / matmul FLOP/s measured at start
+  train/loss_scale       float16 only: the dynamic loss scale of the last step
+  train/aux_loss         mixture-of-experts models only: auxiliary losses per token
+  train/moe_dropped_share  mixture-of-experts models only: token-expert assignments
+                         dropped over capacity / assignments requested
+  train/rollbacks        after a NaN rollback (training.nan_policy=rollback): the count
+The four timing scalars (tokens_per_second, step_time, input_wait_share, mfu) leave out
+calls that traced (compiled) a step function; a window made only of such calls (the
+first one of a process) has none of them.
+
+At every evaluation (`evaluation.every` steps and the last step), dev set:
+  eval/loss, eval/perplexity, eval/token_accuracy   teacher-forced
+  eval/<metric>          each task metric from greedy decoding (wer, per, bleu, chrf,
+                         accuracy: `evaluation.metrics` or the task's default)
+  eval/samples           text: a markdown table of `evaluation.num_samples` examples
+                         (source | reference(s) | hypothesis)
+  eval/attention/<i>     image, i < `evaluation.attention_images` (seq2seq models): the
+                         last decoder layer's cross-attention of dev example i, averaged
+                         over heads (rows: BOS + reference target tokens, columns: source
+                         tokens + EOS; see `kerastx.evaluate`)
+
+`training.profile_steps: [first, last]` writes a profiler trace of those steps under
+`run_dir/logs/plugins/profile/` (TensorBoard's Profile tab needs the
+tensorboard-plugin-profile package); if the profiler cannot start, a warning is logged
+and training goes on.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import sys
 import time
 
+import numpy as np
 import tensorflow as tf
+
+log = logging.getLogger("kerastx")
 
 LOG_DIR = "logs"
 JSONL = "train_log.jsonl"
@@ -101,21 +141,49 @@ class Board:
             tf.summary.text(tag, markdown)
         self.writer.flush()
 
-    def images(self, step: int, tag: str, images) -> None:
-        """images: float tensor (N, H, W, 1|3) in [0, 1]."""
+    def image(self, step: int, tag: str, image, description: str | None = None) -> None:
+        """Writes one image: a float array (H, W) or (H, W, 1|3) with values in [0, 1]."""
         if not self.enabled:
             return
+        image = tf.convert_to_tensor(image, tf.float32)
+        if image.shape.rank == 2:
+            image = image[:, :, None]
         with self.writer.as_default(step=step):
-            tf.summary.image(tag, images, max_outputs=int(images.shape[0]))
+            tf.summary.image(tag, image[None], max_outputs=1, description=description)
         self.writer.flush()
 
-    def trace_on(self, logdir: str) -> None:
-        if self.enabled:
+    def trace_on(self, logdir: str) -> bool:
+        """Starts the TensorFlow profiler writing under `logdir/plugins/profile`.
+
+        Returns:
+            Whether it started; when it cannot (no profiler in this TensorFlow build,
+            or one already running) a warning is logged and training goes on.
+        """
+        if not self.enabled:
+            return False
+        try:
             tf.profiler.experimental.start(logdir)
+        except Exception as err:  # noqa: BLE001 - profiling must never stop training
+            log.warning("training.profile_steps: the profiler did not start (%s); no trace", err)
+            return False
+        try:
+            import tensorboard_plugin_profile  # noqa: F401
+        except ImportError:
+            log.info(
+                "training.profile_steps: writing a trace to %s; install "
+                "tensorboard-plugin-profile to view it in TensorBoard",
+                logdir,
+            )
+        return True
 
     def trace_off(self) -> None:
-        if self.enabled:
+        """Stops the profiler (writes the trace)."""
+        if not self.enabled:
+            return
+        try:
             tf.profiler.experimental.stop()
+        except Exception as err:  # noqa: BLE001
+            log.warning("training.profile_steps: the profiler did not stop cleanly (%s)", err)
 
     def close(self) -> None:
         if self.writer is not None:
@@ -169,3 +237,102 @@ def _duration(seconds: float) -> str:
         return "?"
     seconds = int(seconds)
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def step_records(first_step: int, stats: dict) -> list[dict]:
+    """One JSONL record per step of a `StepBuilder` call (see `JsonlLog`).
+
+    Fields: step; loss and nll (per target token); lr; grad_norm (global norm of the mean
+    gradient, before clipping; inf/nan on a skipped float16 step); tokens (target) and
+    source_tokens (real, summed over replicas and micro-batches); examples; ids_hash (of
+    the example ids, to compare data order between runs); finite_grads (false: the update
+    was skipped); loss_scale (the scale used, 1 outside float16); for mixture-of-experts
+    models moe_routed and moe_dropped (token-expert assignments, summed over layers,
+    micro-batches and replicas).
+    """
+    out = []
+    for i in range(len(stats["loss_sum"])):
+        tokens = float(stats["tokens"][i])
+        out.append(
+            {
+                "step": first_step + i + 1,
+                "loss": float(stats["loss_sum"][i]) / max(tokens, 1.0),
+                "nll": float(stats["nll_sum"][i]) / max(tokens, 1.0),
+                "lr": float(stats["lr"][i]),
+                "grad_norm": float(stats["grad_norm"][i]),
+                "tokens": int(tokens),
+                "source_tokens": int(stats["source_tokens"][i]),
+                "examples": int(stats["examples"][i]),
+                "ids_hash": int(stats["id_hash"][i]),
+                "finite_grads": bool(stats["finite"][i]),
+                "loss_scale": float(stats["loss_scale"][i]),
+            }
+        )
+        if "moe_routed" in stats:
+            out[-1]["moe_routed"] = float(stats["moe_routed"][i])
+            out[-1]["moe_dropped"] = float(stats["moe_dropped"][i])
+    return out
+
+
+class Window:
+    """Accumulates statistics between two logged steps.
+
+    Calls that traced (compiled) a function are counted in the loss and accuracy but not
+    in the timing scalars (tokens/s, step time, MFU, input wait): their time is mostly
+    compilation. A window made only of such calls (the first one of a process) has no
+    timing scalars.
+    """
+
+    def __init__(self):
+        self.sums: dict = {}
+        self.timed: dict = {}  # sums over the timed calls only
+        self.seconds = 0.0
+        self.waited = 0.0
+        self.probed = 0.0
+        self.steps = 0
+        self.timed_steps = 0
+        self.norms: list = []
+
+    def add(self, stats: dict, seconds: float, steps: int, timed: bool = True) -> None:
+        for key, values in stats.items():
+            if key in ("grad_norm", "lr", "loss_scale", "finite"):
+                continue
+            total = float(np.sum(values))
+            self.sums[key] = self.sums.get(key, 0.0) + total
+            if timed:
+                self.timed[key] = self.timed.get(key, 0.0) + total
+        self.norms.extend(float(v) for v in stats["grad_norm"])
+        self.steps += steps
+        if timed:
+            self.seconds += seconds
+            self.timed_steps += steps
+
+    def metrics(self, flops_fn, rate: float) -> dict:
+        """The `train/` scalars of the window (see `kerastx.train.summaries`)."""
+        s = self.sums
+        tokens = max(s.get("tokens", 0.0), 1.0)
+        loss = s.get("loss_sum", 0.0) / tokens
+        nll = s.get("nll_sum", 0.0) / tokens
+        real = s.get("real_slots", 0.0)
+        # Skipped float16 steps have a non-finite norm; the mean is over applied steps.
+        norms = [v for v in self.norms if math.isfinite(v)]
+        out = {
+            "loss": loss,
+            "nll": nll,
+            "perplexity": math.exp(min(nll, 50.0)),
+            "token_accuracy": s.get("correct", 0.0) / tokens,
+            "grad_norm": float(np.mean(norms)) if norms else float("nan"),
+            "padding_share": 1.0 - real / max(s.get("slots", 0.0), 1.0),
+        }
+        if self.timed_steps:
+            seconds = max(self.seconds, 1e-9)
+            out["tokens_per_second"] = self.timed.get("real_slots", 0.0) / seconds
+            out["step_time"] = seconds / self.timed_steps
+            out["mfu"] = flops_fn(self.timed) / seconds / rate if rate else 0.0
+        if self.probed:
+            # Measured on the first step of each window (see StepBuilder.probe).
+            out["input_wait_share"] = self.waited / self.probed
+        if "moe_routed" in s:
+            out["aux_loss"] = s.get("aux_loss", 0.0) / tokens
+            out["moe_dropped_share"] = s["moe_dropped"] / max(s["moe_routed"], 1.0)
+        return out

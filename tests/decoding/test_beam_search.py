@@ -277,6 +277,37 @@ def test_early_exit_once_the_nbest_cannot_change(num_return, calls):
         )
 
 
+def test_static_early_exit_stops_with_fixed_shapes_also_under_xla():
+    eps = 1e-3
+    table = table_from_rows(6, 5, {}, default=[eps, eps, 0.9, 0.05, 0.05])
+    model = TableModel(table, count_calls=True)
+
+    def run(early_exit):
+        return beam_search(
+            model.next_fn,
+            tf.fill([2], BOS),
+            model.cache(2),
+            6,
+            beam_size=2,
+            num_return=2,
+            length_penalty=0.0,
+            static_shapes=True,
+            early_exit=early_exit,
+        )
+
+    full = tf.function(run)(False)
+    assert int(model.calls.numpy()) == 6
+    model.calls.assign(0)
+    early = tf.function(run)(True)
+    assert int(model.calls.numpy()) == 2  # as in dynamic mode, see the test above
+    for got in (early, tf.function(run, jit_compile=True)(True)):
+        assert got.ids.shape == (2, 2, 6)
+        np.testing.assert_array_equal(got.ids, full.ids)
+        np.testing.assert_array_equal(got.lengths, full.lengths)
+        np.testing.assert_allclose(got.scores, full.scores, rtol=1e-6)
+        np.testing.assert_allclose(got.normalized_scores, full.normalized_scores, rtol=1e-6)
+
+
 def test_tie_goes_to_the_finished_hypothesis_and_stops_at_once():
     # [EOS] and [A] have the same probability: no extension of [A] can beat [EOS].
     table = table_from_rows(4, 5, {}, default=[1e-4, 1e-4, 0.5, 0.5, 1e-4])

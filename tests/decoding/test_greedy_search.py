@@ -85,6 +85,31 @@ def test_early_exit_calls_next_fn_only_until_all_finished():
     np.testing.assert_array_equal(static.ids[:, 5:], np.zeros((2, 5)))
 
 
+def test_static_early_exit_stops_with_fixed_shapes_also_under_xla():
+    source = [[3, EOS, 0, 0, 0], [4, 5, 3, 4, EOS]]
+    model = CopyModel(source, vocab_size=6, count_calls=True)
+
+    def run(early_exit):
+        return greedy_search(
+            model.next_fn,
+            tf.fill([2], BOS),
+            model.cache(),
+            10,
+            static_shapes=True,
+            early_exit=early_exit,
+        )
+
+    full = tf.function(run)(False)
+    model.calls.assign(0)
+    early = tf.function(run)(True)
+    assert int(model.calls.numpy()) == 5  # not max_length = 10
+    for got in (early, tf.function(run, jit_compile=True)(True)):
+        assert got.ids.shape == (2, 10)
+        np.testing.assert_array_equal(got.ids, full.ids)
+        np.testing.assert_array_equal(got.lengths, full.lengths)
+        np.testing.assert_allclose(got.scores, full.scores, rtol=1e-6)
+
+
 def test_static_equals_dynamic_and_compiles_with_xla():
     model = HistoryModel(vocab_size=7, seed=3, max_length=8)
     starts = tf.constant([BOS, 3, 4])

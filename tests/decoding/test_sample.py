@@ -168,6 +168,28 @@ def test_static_equals_dynamic_and_xla_is_reproducible():
     np.testing.assert_array_equal(top_one.ids[:, : greedy.ids.shape[1]], greedy.ids)
 
 
+def test_static_early_exit_gives_the_same_samples():
+    model = HistoryModel(vocab_size=7, seed=8, max_length=9)
+    starts = tf.constant([BOS, 3, 4, 5])
+
+    def run(early_exit):
+        return sample(
+            model.next_fn,
+            starts,
+            model.cache(4),
+            9,
+            seed=[3, 1],
+            top_p=0.9,
+            static_shapes=True,
+            early_exit=early_exit,
+        )
+
+    full, early = run(False), run(True)
+    assert early.ids.shape == (4, 9)
+    for a, b in zip(early, full):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_settings_as_tensors_in_one_traced_graph():
     model = HistoryModel(vocab_size=7, seed=6, max_length=6)
     starts = tf.constant([BOS, 4, 5])
