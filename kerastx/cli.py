@@ -146,6 +146,7 @@ def _decoding_overrides(args) -> dict:
         "seed",
         "max_length",
         "batch_size",
+        "jit_compile",
     )
     return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
 

@@ -23,6 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from kerastx import inference, metrics
+from kerastx.tfutil import expected_retracing
 from kerastx.train.losses import smoothed_cross_entropy_sum, token_accuracy_counts
 from kerastx.train.step import model_inputs
 
@@ -44,7 +45,7 @@ class _LossFn:
     def __init__(self, model, model_type):
         self.model = model
         self.model_type = model_type
-        self.fn = tf.function(self._sums, reduce_retracing=True)
+        self.fn = expected_retracing(tf.function(self._sums, reduce_retracing=True))
 
     def _sums(self, batch):
         inputs, labels = model_inputs(batch, self.model_type)
@@ -133,7 +134,9 @@ def decode_split(
     Raises:
         EvaluationInterrupted: `should_stop()` returned True (checked between batches).
     """
-    decoder = inference.Decoder(model, cfg.model.type, settings)
+    decoder = inference.Decoder(
+        model, cfg.model.type, settings, jit_compile=cfg.decoding.jit_compile
+    )
     seen: set = set()
     hyps, sources = [], []
     for batch in data.eval_dataset(split, cfg.decoding.batch_size):

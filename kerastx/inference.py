@@ -26,6 +26,7 @@ import tensorflow as tf
 
 from kerastx.config import DecodingConfig
 from kerastx.decoding import DecodeResult, beam_search, greedy_search, sample
+from kerastx.tfutil import expected_retracing
 
 STRATEGIES = ("greedy", "beam", "sample")
 BOS_ID, EOS_ID = 1, 2
@@ -312,9 +313,9 @@ class Decoder:
         self.key = "source_ids" if model_type == "seq2seq" else "prompt_ids"
         self.jit_compile = bool(jit_compile) and settings["strategy"] != "sample"
         spec = {self.key: tf.TensorSpec([None, None], tf.int32)}
-        self._fn = tf.function(self._decode, input_signature=[spec])
+        self._fn = expected_retracing(tf.function(self._decode, input_signature=[spec]))
         self._fn_condition = None
-        self._fn_xla = tf.function(self._decode_static, jit_compile=True)
+        self._fn_xla = expected_retracing(tf.function(self._decode_static, jit_compile=True))
 
     def _decode(self, inputs):
         return decode_batch(self.model, self.model_type, inputs, self.settings)

@@ -209,8 +209,8 @@ def predict_lines(path: str, lines: list[str], decoding: dict | None = None) -> 
         loaded = tf.saved_model.load(path)
         decoded = decode_with_export(loaded, cfg.model.type, lines, settings, batch_size)
     else:
-        if jit_compile is None:  # a `decoding.jit_compile` key, where the config has one
-            jit_compile = getattr(cfg.decoding, "jit_compile", False)
+        if jit_compile is None:
+            jit_compile = cfg.decoding.jit_compile
         decoded = decode_with_model(
             run.model, run.data, cfg, lines, settings, batch_size, bool(jit_compile)
         )

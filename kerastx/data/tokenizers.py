@@ -27,6 +27,7 @@ import tensorflow as tf
 import tensorflow_text as tft
 
 from kerastx.data import vocab as vocab_lib
+from kerastx.tfutil import expected_retracing
 
 PAD, BOS, EOS, UNK = vocab_lib.PAD, vocab_lib.BOS, vocab_lib.EOS, vocab_lib.UNK
 _STRINGS = tf.TensorSpec([None], tf.string)
@@ -67,7 +68,7 @@ def _function(method, spec):
         return method(x)
 
     call.__doc__ = method.__doc__
-    return tf.function(call, input_signature=[spec])
+    return expected_retracing(tf.function(call, input_signature=[spec]))
 
 
 class Tokenizer(tf.Module):

@@ -63,7 +63,32 @@ def run(cfg: ExperimentConfig, prov=None, data=None, strategy=None) -> int:
             print("export: not implemented yet (issue 6)")
         else:
             export(cfg.run_dir)
+            show_exported_examples(cfg)
     return 0
+
+
+def show_exported_examples(cfg: ExperimentConfig, count: int = 5) -> list[str]:
+    """Prints what the exported SavedModel makes of `export.examples` (or test inputs).
+
+    This runs the SavedModel itself (raw text in, text out), not the framework's
+    decoder, so the last thing `make train` shows is what a user of the export gets.
+    """
+    from kerastx.export import EXPORT_DIR
+    from kerastx.predict import predict_lines
+
+    inputs = list(cfg.export.examples)
+    if not inputs:
+        from kerastx.data import build_data
+
+        split = "test" if cfg.data.test is not None else "dev"
+        if getattr(cfg.data, split) is None:
+            return []
+        inputs = list(build_data(cfg).references(split))[:count]
+    outputs = predict_lines(os.path.join(cfg.run_dir, EXPORT_DIR), inputs)
+    print(f"the exported model ({os.path.join(cfg.run_dir, EXPORT_DIR)}) says:")
+    for text, output in zip(inputs, outputs):
+        print(f"  {text} -> {output}")
+    return outputs
 
 
 def average_last(trainer) -> str:

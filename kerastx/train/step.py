@@ -29,6 +29,7 @@ import time
 
 import tensorflow as tf
 
+from kerastx.tfutil import expected_retracing
 from kerastx.train.losses import smoothed_cross_entropy_sum, token_accuracy_counts
 
 # Per-step statistics, summed over replicas and micro-batches (see _batch_stats).
@@ -145,7 +146,7 @@ class StepBuilder:
         self._grads = (
             tf.function(self._micro_grads, jit_compile=True) if jit_compile else self._micro_grads
         )
-        self.train_fn = tf.function(self._train_fn)
+        self.train_fn = expected_retracing(tf.function(self._train_fn))
         self._probe_fn = None
 
     def probe(self, iterator):
