@@ -55,9 +55,11 @@ def bench_pipeline(quick: bool) -> dict:
 
 
 def bench_training(name: str, jit: bool, steps: int, warmup: int, rate: float) -> dict:
-    """Tokens/s and MFU of `steps` training steps after `warmup` steps (tracing)."""
+    """Tokens/s and MFU of `steps` training steps after `warmup` steps (tracing, XLA
+    compilation of the most frequent batch shapes)."""
     from kerastx.train.flops import model_flops
-    from kerastx.train.loop import Trainer, _Window
+    from kerastx.train.loop import Trainer
+    from kerastx.train.summaries import Window
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg = _cfg(
@@ -73,22 +75,16 @@ def bench_training(name: str, jit: bool, steps: int, warmup: int, rate: float) -
         )
         trainer = Trainer(cfg, progress=False)
         iterator = trainer._iterator()
-        steps_fn = trainer.steps.train_fn
+        chunk = cfg.training.steps_per_execution
         t0 = time.perf_counter()
-        remaining = warmup
-        while remaining:
-            n = min(remaining, cfg.training.steps_per_execution)
-            steps_fn(iterator, tf.constant(n, tf.int32))["loss_sum"].numpy()
-            remaining -= n
+        for done in range(0, warmup, chunk):
+            trainer.steps.run(iterator, min(chunk, warmup - done))
         warm_seconds = time.perf_counter() - t0
-        window = _Window()
-        remaining = steps
-        while remaining:
-            n = min(remaining, cfg.training.steps_per_execution)
-            t0 = time.perf_counter()
-            stats = {k: v.numpy() for k, v in steps_fn(iterator, tf.constant(n, tf.int32)).items()}
-            window.add(stats, time.perf_counter() - t0, n)
-            remaining -= n
+        window = Window()
+        for done in range(0, steps, chunk):
+            n = min(chunk, steps - done)
+            stats, seconds, traced = trainer.steps.run(iterator, n)
+            window.add(stats, seconds, n, timed=not traced)
         metrics = window.metrics(model_flops(trainer.model, cfg.model.type), rate)
         params = trainer.model.count_params()
     return {
@@ -98,9 +94,9 @@ def bench_training(name: str, jit: bool, steps: int, warmup: int, rate: float) -
         "warmup_steps": warmup,
         "warmup_s": warm_seconds,
         "parameters": int(params),
-        "tokens_per_s": metrics["tokens_per_second"],
-        "step_time_s": metrics["step_time"],
-        "mfu": metrics["mfu"],
+        "tokens_per_s": metrics.get("tokens_per_second", 0.0),
+        "step_time_s": metrics.get("step_time", 0.0),
+        "mfu": metrics.get("mfu", 0.0),
         "padding_share": metrics["padding_share"],
         "final_loss": metrics["loss"],
     }
