@@ -40,9 +40,9 @@ def _cfg(name: str, run_dir: str, *overrides: str):
 
 
 def bench_matmul() -> dict:
-    from kerastx.train.flops import matmul_rate
+    from kerastx.train.flops import measure_matmul_rate
 
-    rates = [matmul_rate(seconds=0.5) for _ in range(3)]
+    rates = [measure_matmul_rate(seconds=0.5) for _ in range(3)]
     return {"matmul_flops_per_s": max(rates), "matmul_runs": rates}
 
 
@@ -108,43 +108,61 @@ def bench_decode_cache() -> dict:
     return measure_cached_vs_uncached(batch_size=32, steps=64)
 
 
-def bench_decode(quick: bool) -> dict:
-    """Words/s on the G2P test set: greedy and beam 4, framework and SavedModel."""
-    from kerastx import export, inference
-    from kerastx.evaluate import decode_split
-    from kerastx.runs import load_run
+def _decode_model(tmp: str) -> tuple[str, str]:
+    """A trained G2P run to decode with: runs/quickstart if `make train` made one (its
+    outputs have realistic lengths), else the quickstart model trained 400 steps in
+    `tmp`. Returns (run directory, description)."""
     from kerastx.train.loop import Trainer
+
+    made = os.path.join("runs", "quickstart")
+    if tf.train.latest_checkpoint(os.path.join(made, "checkpoints")):
+        return made, "runs/quickstart (make train)"
+    cfg = _cfg(
+        "quickstart",
+        tmp,
+        "training.train_steps=400",
+        "evaluation.every=0",
+        "export.enabled=false",
+        "training.checkpoint_every=400",
+    )
+    Trainer(cfg, progress=False).run()
+    return tmp, "quickstart model trained 400 steps"
+
+
+def bench_decode(quick: bool) -> dict:
+    """Words/s on the G2P test set: greedy and beam 4; framework (graph, and XLA with early
+    exit) and the exported SavedModel's `decode` signature. Tracing/compilation happens on
+    a warm-up batch and is not timed."""
+    from kerastx import export, inference
+    from kerastx.runs import load_run
 
     tmp = tempfile.mkdtemp(prefix="kerastx-bench-")
     try:
-        cfg = _cfg(
-            "bench_g2p",
-            tmp,
-            "training.train_steps=60",
-            "evaluation.every=0",
-            "export.enabled=false",
-            "training.checkpoint_every=60",
-        )
-        Trainer(cfg, progress=False).run()
-        run = load_run(tmp)
-        words = 500 if quick else 3000
-        out: dict = {"test_words": words}
-        export_dir = os.path.join(tmp, "export")
-        module_dir = export.export_model(run.model, run.data, run.cfg, export_dir)
-        loaded = tf.saved_model.load(module_dir)
+        run_dir, model_name = _decode_model(tmp)
+        run = load_run(run_dir)
+        words = 640 if quick else 3200
+        batch = run.cfg.decoding.batch_size
+        batches, sources = [], []
+        for b in run.data.eval_dataset("test", batch):
+            batches.append({"source_ids": b["source_ids"]})
+            sources.extend(t.decode("utf-8") for t in b["source_text"].numpy())
+            if len(sources) >= words:
+                break
+        out: dict = {"model": model_name, "test_words": len(sources), "batch_size": batch}
+        module_dir = export.export_model(run.model, run.data, run.cfg, os.path.join(tmp, "export"))
+        fn = tf.saved_model.load(module_dir).signatures["decode"]
         for strategy, beam in (("greedy", 1), ("beam", 4)):
             settings = inference.settings_from_config(
                 run.cfg.decoding, strategy=strategy, beam_size=beam, n_best=1
             )
-            decode_split(run.model, run.data, run.cfg, "test", settings, max_examples=64)
-            t0 = time.perf_counter()
-            hyps, sources = decode_split(
-                run.model, run.data, run.cfg, "test", settings, max_examples=words
-            )
-            seconds = time.perf_counter() - t0
-            out[f"framework_{strategy}_words_per_s"] = len(sources) / seconds
-            batch = run.cfg.decoding.batch_size
-            fn = loaded.signatures["decode"]
+            for way, jit in (("framework", False), ("framework_xla", True)):
+                decoder = inference.Decoder(run.model, "seq2seq", settings, jit_compile=jit)
+                for b in batches:  # warm-up: traces (and compiles every XLA bucket)
+                    decoder(b)
+                t0 = time.perf_counter()
+                for b in batches:
+                    decoder(b).ids.numpy()
+                out[f"{way}_{strategy}_words_per_s"] = len(sources) / (time.perf_counter() - t0)
             args = {
                 "beam_size": tf.constant(beam),
                 "n_best": tf.constant(1),
@@ -156,12 +174,12 @@ def bench_decode(quick: bool) -> dict:
                 "seed": tf.constant(0),
                 "max_length": tf.constant(run.cfg.decoding.max_length),
             }
-            fn(text=tf.constant(sources[:batch]), **args)
+            texts = [tf.constant(sources[i : i + batch]) for i in range(0, len(sources), batch)]
+            fn(text=texts[0], **args)
             t0 = time.perf_counter()
-            for start in range(0, len(sources), batch):
-                fn(text=tf.constant(sources[start : start + batch]), **args)["output"].numpy()
-            seconds = time.perf_counter() - t0
-            out[f"savedmodel_{strategy}_words_per_s"] = len(sources) / seconds
+            for text in texts:
+                fn(text=text, **args)["output"].numpy()
+            out[f"savedmodel_{strategy}_words_per_s"] = len(sources) / (time.perf_counter() - t0)
         return out
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -253,10 +271,13 @@ def format_table(results: dict) -> str:
         )
     if "decode" in results:
         d = results["decode"]
-        lines.append(f"decoding G2P test ({d['test_words']} words), words/s:")
-        for way in ("framework", "savedmodel"):
+        lines.append(
+            f"decoding G2P test ({d['test_words']} words, batch {d['batch_size']}, "
+            f"{d['model']}), words/s:"
+        )
+        for way in ("framework", "framework_xla", "savedmodel"):
             lines.append(
-                f"  {way:<11} greedy {d[f'{way}_greedy_words_per_s']:8,.0f}   "
+                f"  {way:<13} greedy {d[f'{way}_greedy_words_per_s']:8,.0f}   "
                 f"beam 4 {d[f'{way}_beam_words_per_s']:8,.0f}"
             )
     return "\n".join(lines)

@@ -14,13 +14,8 @@ import numpy as np
 import tensorflow as tf
 
 
-@functools.cache
-def matmul_rate(size: int = 1024, seconds: float = 0.5, dtype=tf.float32) -> float:
-    """FLOP/s of repeated `size x size` matmuls on the default device.
-
-    Measured once per process (about a second) and reused by later trainers of the same
-    process, e.g. a resumed run or a test session.
-    """
+def measure_matmul_rate(size: int = 1024, seconds: float = 0.5, dtype=tf.float32) -> float:
+    """FLOP/s of repeated `size x size` matmuls on the default device, measured now."""
     a = tf.random.stateless_normal([size, size], seed=[1, 2], dtype=dtype)
     b = tf.random.stateless_normal([size, size], seed=[3, 4], dtype=dtype)
 
@@ -41,6 +36,13 @@ def matmul_rate(size: int = 1024, seconds: float = 0.5, dtype=tf.float32) -> flo
             break
         n *= 2
     return 2.0 * size**3 * n / elapsed
+
+
+@functools.cache
+def matmul_rate(size: int = 1024, seconds: float = 0.5, dtype=tf.float32) -> float:
+    """`measure_matmul_rate`, measured once per process (about a second) and reused by
+    later trainers of the same process, e.g. a resumed run or a test session."""
+    return measure_matmul_rate(size, seconds, dtype)
 
 
 def _count(variables) -> float:
