@@ -9,7 +9,9 @@ pipeline. Sections (select with `--only`):
 - `pipeline`: input pipeline examples/s and tokens/s on the G2P training set, padding
   with and without bucketing, distinct batch shapes per epoch.
 - `train`: training tokens/s (source + target, non-pad) and MFU for the quickstart
-  model and the benchmark model (`experiments/bench_g2p.yaml`), XLA off and on.
+  model and the benchmark model (`experiments/bench_g2p.yaml`), XLA off and on. Each
+  row runs in a fresh process with the matmul rate measured there just before and after
+  it (rows sharing one process ran ~5-10 % slower: threads and caches of earlier rows).
 - `decode_cache`: greedy decoding of 64 tokens, batch 32, with and without the cache.
 - `decode`: decoding throughput (words/s, sentences/s) on the G2P test set, greedy and
   beam 4, in the framework and through the exported SavedModel (a briefly trained
@@ -22,6 +24,8 @@ import json
 import os
 import platform
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 
@@ -100,6 +104,38 @@ def bench_training(name: str, jit: bool, steps: int, warmup: int, rate: float) -
         "padding_share": metrics["padding_share"],
         "final_loss": metrics["loss"],
     }
+
+
+def training_row(name: str, jit: bool, steps: int, warmup: int) -> dict:
+    """`bench_training` with the matmul rate measured in the same process just before and
+    just after the row; MFU is against the higher of the two (the conservative choice)."""
+    from kerastx.train.flops import measure_matmul_rate
+
+    before = max(measure_matmul_rate(seconds=0.5) for _ in range(2))
+    row = bench_training(name, jit, steps, warmup, before)
+    after = max(measure_matmul_rate(seconds=0.5) for _ in range(2))
+    rate = max(before, after)
+    row["mfu"] *= before / rate
+    row["matmul_flops_per_s"] = rate
+    row["matmul_before_after"] = [before, after]
+    return row
+
+
+def bench_training_isolated(name: str, jit: bool, steps: int, warmup: int) -> dict:
+    """`training_row` in a fresh Python process, so that no earlier row's threads, caches
+    or compiled graphs share the two cores with it."""
+    code = (
+        "import json, sys\n"
+        "from kerastx import bench\n"
+        f"row = bench.training_row({name!r}, {jit!r}, {steps!r}, {warmup!r})\n"
+        "sys.stdout.write('KERASTX_ROW ' + json.dumps(row, default=float) + '\\n')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    for line in proc.stdout.splitlines():
+        if line.startswith("KERASTX_ROW "):
+            return json.loads(line[len("KERASTX_ROW ") :])
+    tail = "\n".join(proc.stderr.splitlines()[-20:])
+    raise RuntimeError(f"bench row {name} (xla={jit}) failed (exit {proc.returncode}):\n{tail}")
 
 
 def bench_decode_cache() -> dict:
@@ -206,13 +242,12 @@ def run(
     }
     rate = bench_matmul()
     results["matmul"] = rate
-    flops = rate["matmul_flops_per_s"]
     steps, warmup = (20, 10) if quick else (100, 40)
     if "pipeline" in sections:
         results["pipeline"] = bench_pipeline(quick)
     if "train" in sections:
         results["train"] = [
-            bench_training(name, jit, steps, warmup, flops)
+            bench_training_isolated(name, jit, steps, warmup)
             for name in ("quickstart", "bench_g2p")
             for jit in (False, True)
         ]
@@ -246,16 +281,21 @@ def format_table(results: dict) -> str:
             f"({p['distinct_shapes_per_epoch_no_bucketing']} shapes)"
         )
     if "train" in results:
-        lines.append("training (source+target non-pad tokens/s, MFU vs the matmul rate):")
+        lines.append(
+            "training (source+target non-pad tokens/s; each row in a fresh process, MFU vs "
+            "the matmul rate measured there around the row):"
+        )
         lines.append(
             f"  {'experiment':<12} {'xla':<5} {'params':>10} {'tokens/s':>10} "
-            f"{'MFU':>6} {'step ms':>8}"
+            f"{'MFU':>6} {'step ms':>8} {'matmul GF/s':>12}"
         )
         for r in results["train"]:
+            row_rate = r.get("matmul_flops_per_s", rate)
             lines.append(
                 f"  {r['experiment']:<12} {str(r['jit_compile']):<5} "
                 f"{r['parameters']:>10,} {r['tokens_per_s']:>10,.0f} "
-                f"{100 * r['mfu']:>5.1f}% {1000 * r['step_time_s']:>8.1f}"
+                f"{100 * r['mfu']:>5.1f}% {1000 * r['step_time_s']:>8.1f} "
+                f"{row_rate / 1e9:>12.1f}"
             )
         if "pipeline" in results:
             best = max(r["tokens_per_s"] for r in results["train"])
