@@ -246,8 +246,12 @@ class Trainer:
                     profiling = board.trace_on(os.path.join(cfg.run_dir, summaries.LOG_DIR))
                 n = self._chunk(step)
                 taken = True
-                if window.steps == 0:
+                if window.steps == 0 and step % t.log_every == 0:
                     # First step of a logging window: fetch its input eagerly to time it.
+                    # Only on the log_every grid: the probe is a separate graph whose
+                    # float results may differ from train_fn's in the last bit, so a run
+                    # resumed off the grid (SIGTERM) must not probe where the
+                    # uninterrupted run did not (that broke bit-exact resume).
                     stats, waited, elapsed, traced = self.steps.probe(iterator)
                     if not traced:
                         window.waited += waited
