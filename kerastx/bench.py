@@ -14,7 +14,8 @@ pipeline. Sections (select with `--only`):
   it (rows sharing one process ran ~5-10 % slower: threads and caches of earlier rows).
 - `decode_cache`: greedy decoding of 64 tokens, batch 32, with and without the cache.
 - `decode`: decoding throughput (words/s, sentences/s) on the G2P test set, greedy and
-  beam 4, in the framework and through the exported SavedModel (a briefly trained
+  beam 4, in the framework and through the exported SavedModel, plus greedy without the
+  key/value cache (full decoder pass over the prefix at every step) (a briefly trained
   benchmark model: speed, not quality).
 """
 
@@ -191,6 +192,17 @@ def bench_decode(quick: bool) -> dict:
             settings = inference.settings_from_config(
                 run.cfg.decoding, strategy=strategy, beam_size=beam, n_best=1
             )
+            if strategy == "greedy":
+                from kerastx.bench_decode import uncached_greedy_fn
+
+                uncached = uncached_greedy_fn(run.model, run.cfg.decoding.max_length)
+                uncached(batches[0]["source_ids"])  # warm-up: tracing
+                t0 = time.perf_counter()
+                for b in batches:
+                    uncached(b["source_ids"]).numpy()
+                out["framework_uncached_greedy_words_per_s"] = len(sources) / (
+                    time.perf_counter() - t0
+                )
             for way, jit in (("framework", False), ("framework_xla", True)):
                 decoder = inference.Decoder(run.model, "seq2seq", settings, jit_compile=jit)
                 for b in batches:  # warm-up: traces (and compiles every XLA bucket)
@@ -319,5 +331,11 @@ def format_table(results: dict) -> str:
             lines.append(
                 f"  {way:<13} greedy {d[f'{way}_greedy_words_per_s']:8,.0f}   "
                 f"beam 4 {d[f'{way}_beam_words_per_s']:8,.0f}"
+            )
+        if "framework_uncached_greedy_words_per_s" in d:
+            uncached = d["framework_uncached_greedy_words_per_s"]
+            lines.append(
+                f"  {'no cache':<13} greedy {uncached:8,.0f}   (cached framework greedy is "
+                f"{d['framework_greedy_words_per_s'] / max(uncached, 1e-9):.2f}x)"
             )
     return "\n".join(lines)

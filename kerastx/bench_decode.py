@@ -119,3 +119,41 @@ def measure_cached_vs_uncached(
 
 if __name__ == "__main__":
     print(measure_cached_vs_uncached())
+
+
+def uncached_greedy_fn(model, max_length: int, eos_id: int = 2):
+    """A `tf.function(source_ids) -> ids (B, L)` decoding greedily WITHOUT the cache.
+
+    Every step re-runs the full decoder over the prefix generated so far (its length grows
+    by one per step) and stops when every row has produced `eos_id` or after `max_length`
+    tokens: the baseline the cached decoders are compared with on real data (`make bench`,
+    G2P test words).
+    """
+
+    @tf.function(reduce_retracing=True)
+    def run(source_ids):
+        source_ids = tf.cast(source_ids, tf.int32)
+        batch = tf.shape(source_ids)[0]
+        state = model.encode(source_ids)
+        prefix = tf.fill([batch, 1], BOS_ID)
+        done = tf.zeros([batch], tf.bool)
+
+        def body(i, prefix, done):
+            logits = model.decode(prefix, state)  # (B, i + 1, V): the full pass
+            token = tf.argmax(logits[:, -1], axis=-1, output_type=tf.int32)
+            token = tf.where(done, 0, token)
+            return i + 1, tf.concat([prefix, token[:, None]], axis=1), done | (token == eos_id)
+
+        _, prefix, _ = tf.while_loop(
+            lambda i, prefix, done: (i < max_length) & ~tf.reduce_all(done),
+            body,
+            (tf.constant(0), prefix, done),
+            shape_invariants=(
+                tf.TensorShape([]),
+                tf.TensorShape([None, None]),
+                tf.TensorShape([None]),
+            ),
+        )
+        return prefix[:, 1:]
+
+    return run

@@ -129,3 +129,24 @@ def test_sampling_runs_without_xla_so_seeded_samples_do_not_change(copy_model):
     inputs = {"source_ids": _sources(copy_model, 6, seed=4)}
     plain = inference.Decoder(copy_model.model, "seq2seq", settings)
     assert_same_result(decoder(inputs), plain(inputs))
+
+
+def test_uncached_greedy_baseline_of_the_bench_equals_cached_greedy(copy_model):
+    from kerastx.bench_decode import uncached_greedy_fn
+
+    source_ids = _sources(copy_model, 6, seed=7)
+    settings = inference.settings_from_config(copy_model.cfg.decoding, strategy="greedy")
+    want = inference.decode_batch(
+        copy_model.model, "seq2seq", {"source_ids": source_ids}, settings
+    ).ids.numpy()
+    got = uncached_greedy_fn(copy_model.model, settings["max_length"])(source_ids).numpy()
+    width = max(want.shape[1], got.shape[1])
+    want = np.pad(want, [(0, 0), (0, width - want.shape[1])])
+    got = np.pad(got, [(0, 0), (0, width - got.shape[1])])
+    ended = (want == inference.EOS_ID).any(axis=1)
+    assert ended.sum() >= 2  # rows that end with EOS: then padding after it in both
+    for row in range(len(want)):
+        length = int((want[row] != 0).sum())  # the cached decoder also stops at its bound
+        np.testing.assert_array_equal(got[row, :length], want[row, :length])
+        if ended[row]:
+            assert not got[row, length:].any()
