@@ -15,8 +15,9 @@ pipeline. Sections (select with `--only`):
 - `decode_cache`: greedy decoding of 64 tokens, batch 32, with and without the cache.
 - `decode`: decoding throughput (words/s, sentences/s) on the G2P test set, greedy and
   beam 4, in the framework and through the exported SavedModel, plus greedy without the
-  key/value cache (full decoder pass over the prefix at every step) (a briefly trained
-  benchmark model: speed, not quality).
+  key/value cache (a full decoder pass over the prefix at every step); the model is
+  `runs/quickstart` when `make train` made it, else the quickstart model trained 400
+  steps (speed, not quality).
 """
 
 from __future__ import annotations

@@ -19,9 +19,9 @@ import time
 import keras
 import tensorflow as tf
 
+from kerastx.decoding._common import BOS_ID, EOS_ID
 from kerastx.models import Seq2SeqTransformer
 
-BOS_ID = 1
 DEFAULT_MODEL = {
     "source_vocab_size": 64,
     "target_vocab_size": 64,
@@ -117,11 +117,7 @@ def measure_cached_vs_uncached(
     }
 
 
-if __name__ == "__main__":
-    print(measure_cached_vs_uncached())
-
-
-def uncached_greedy_fn(model, max_length: int, eos_id: int = 2):
+def uncached_greedy_fn(model, max_length: int, eos_id: int = EOS_ID):
     """A `tf.function(source_ids) -> ids (B, L)` decoding greedily WITHOUT the cache.
 
     Every step re-runs the full decoder over the prefix generated so far (its length grows
@@ -157,3 +153,7 @@ def uncached_greedy_fn(model, max_length: int, eos_id: int = 2):
         return prefix[:, 1:]
 
     return run
+
+
+if __name__ == "__main__":
+    print(measure_cached_vs_uncached())
