@@ -10,8 +10,10 @@ pipeline. Sections (select with `--only`):
   with and without bucketing, distinct batch shapes per epoch.
 - `train`: training tokens/s (source + target, non-pad) and MFU for the quickstart
   model and the benchmark model (`experiments/bench_g2p.yaml`), XLA off and on. Each
-  row runs in a fresh process with the matmul rate measured there just before and after
-  it (rows sharing one process ran ~5-10 % slower: threads and caches of earlier rows).
+  row runs in a fresh process (rows sharing one process ran ~5-10 % slower: threads and
+  caches of earlier rows) as 4 timed windows, with the matmul rate measured there
+  before each window and after the last; a row reports its median window and the range
+  (single rows varied by +-5 % from run to run on this 2-core machine).
 - `decode_cache`: greedy decoding of 64 tokens, batch 32, with and without the cache.
 - `decode`: decoding throughput (words/s, sentences/s) on the G2P test set, greedy and
   beam 4, in the framework and through the exported SavedModel, plus greedy without the
@@ -60,18 +62,28 @@ def bench_pipeline(quick: bool) -> dict:
         return measure_pipeline(cfg, seconds=2.0 if quick else 8.0)
 
 
-def bench_training(name: str, jit: bool, steps: int, warmup: int, rate: float) -> dict:
-    """Tokens/s and MFU of `steps` training steps after `warmup` steps (tracing, XLA
-    compilation of the most frequent batch shapes)."""
-    from kerastx.train.flops import model_flops
+def bench_training(name: str, jit: bool, steps: int, warmup: int, windows: int = 4) -> dict:
+    """Tokens/s and MFU of `windows` timed windows of `steps` training steps each, after
+    `warmup` steps (tracing, XLA compilation of the most frequent batch shapes).
+
+    The float32 matmul rate is measured just before each window and after the last one;
+    each window's MFU is against the higher of the two rates around it (the conservative
+    choice), so a window slowed by something else on the machine is compared with a
+    rate measured under the same conditions. The row reports the median window (tokens/s,
+    MFU, step time) and every window's figures.
+    """
+    from kerastx.train.flops import measure_matmul_rate, model_flops
     from kerastx.train.loop import Trainer
     from kerastx.train.summaries import Window
+
+    def rate_now() -> float:
+        return max(measure_matmul_rate(seconds=0.3) for _ in range(2))
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg = _cfg(
             name,
             tmp,
-            f"training.train_steps={warmup + steps}",
+            f"training.train_steps={warmup + steps * windows}",
             f"training.jit_compile={str(jit).lower()}",
             "evaluation.every=0",
             "export.enabled=false",
@@ -80,56 +92,57 @@ def bench_training(name: str, jit: bool, steps: int, warmup: int, rate: float) -
             "training.checkpoint_every=1000000",
         )
         trainer = Trainer(cfg, progress=False)
+        flops = model_flops(trainer.model, cfg.model.type)
         iterator = trainer._iterator()
         chunk = cfg.training.steps_per_execution
         t0 = time.perf_counter()
         for done in range(0, warmup, chunk):
             trainer.steps.run(iterator, min(chunk, warmup - done))
         warm_seconds = time.perf_counter() - t0
-        window = Window()
-        for done in range(0, steps, chunk):
-            n = min(chunk, steps - done)
-            stats, seconds, traced = trainer.steps.run(iterator, n)
-            window.add(stats, seconds, n, timed=not traced)
-        metrics = window.metrics(model_flops(trainer.model, cfg.model.type), rate)
+        rates = [rate_now()]
+        measured = []
+        for _ in range(windows):
+            window = Window()
+            for done in range(0, steps, chunk):
+                n = min(chunk, steps - done)
+                stats, seconds, traced = trainer.steps.run(iterator, n)
+                window.add(stats, seconds, n, timed=not traced)
+            rates.append(rate_now())
+            measured.append(window.metrics(flops, max(rates[-2:])))
         params = trainer.model.count_params()
+    timed = [m for m in measured if "mfu" in m]
+    if not timed:
+        raise RuntimeError(f"bench row {name}: every window traced; raise the warm-up steps")
+    middle = sorted(timed, key=lambda m: m["mfu"])[(len(timed) - 1) // 2]  # lower median
     return {
         "experiment": name,
         "jit_compile": jit,
-        "steps": steps,
+        "steps": steps * windows,
+        "windows": windows,
         "warmup_steps": warmup,
         "warmup_s": warm_seconds,
         "parameters": int(params),
-        "tokens_per_s": metrics.get("tokens_per_second", 0.0),
-        "step_time_s": metrics.get("step_time", 0.0),
-        "mfu": metrics.get("mfu", 0.0),
-        "padding_share": metrics["padding_share"],
-        "final_loss": metrics["loss"],
+        "tokens_per_s": middle["tokens_per_second"],
+        "step_time_s": middle["step_time"],
+        "mfu": middle["mfu"],
+        "mfu_windows": [m["mfu"] for m in timed],
+        "tokens_per_s_windows": [m["tokens_per_second"] for m in timed],
+        "matmul_flops_per_s": max(rates),
+        "matmul_rates": rates,
+        "padding_share": measured[-1]["padding_share"],
+        "final_loss": measured[-1]["loss"],
     }
 
 
-def training_row(name: str, jit: bool, steps: int, warmup: int) -> dict:
-    """`bench_training` with the matmul rate measured in the same process just before and
-    just after the row; MFU is against the higher of the two (the conservative choice)."""
-    from kerastx.train.flops import measure_matmul_rate
-
-    before = max(measure_matmul_rate(seconds=0.5) for _ in range(2))
-    row = bench_training(name, jit, steps, warmup, before)
-    after = max(measure_matmul_rate(seconds=0.5) for _ in range(2))
-    rate = max(before, after)
-    row["mfu"] *= before / rate
-    row["matmul_flops_per_s"] = rate
-    row["matmul_before_after"] = [before, after]
-    return row
-
-
-def bench_training_isolated(name: str, jit: bool, steps: int, warmup: int) -> dict:
-    """`training_row` in a fresh Python process, so that no earlier row's threads, caches
+def bench_training_isolated(
+    name: str, jit: bool, steps: int, warmup: int, windows: int = 4
+) -> dict:
+    """`bench_training` in a fresh Python process, so that no earlier row's threads, caches
     or compiled graphs share the two cores with it."""
     code = (
         "import json, sys\n"
         "from kerastx import bench\n"
-        f"row = bench.training_row({name!r}, {jit!r}, {steps!r}, {warmup!r})\n"
+        f"row = bench.bench_training({name!r}, {jit!r}, {steps!r}, {warmup!r}, {windows!r})\n"
         "sys.stdout.write('KERASTX_ROW ' + json.dumps(row, default=float) + '\\n')\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
@@ -255,7 +268,7 @@ def run(
     }
     rate = bench_matmul()
     results["matmul"] = rate
-    steps, warmup = (20, 10) if quick else (100, 40)
+    steps, warmup = (5, 10) if quick else (25, 40)  # steps per window, 4 windows
     if "pipeline" in sections:
         results["pipeline"] = bench_pipeline(quick)
     if "train" in sections:
@@ -295,19 +308,21 @@ def format_table(results: dict) -> str:
         )
     if "train" in results:
         lines.append(
-            "training (source+target non-pad tokens/s; each row in a fresh process, MFU vs "
-            "the matmul rate measured there around the row):"
+            "training (source+target non-pad tokens/s; each row in a fresh process, the "
+            "median of its windows; MFU vs the matmul rate measured around each window):"
         )
         lines.append(
             f"  {'experiment':<12} {'xla':<5} {'params':>10} {'tokens/s':>10} "
-            f"{'MFU':>6} {'step ms':>8} {'matmul GF/s':>12}"
+            f"{'MFU':>6} {'MFU range':>13} {'step ms':>8} {'matmul GF/s':>12}"
         )
         for r in results["train"]:
             row_rate = r.get("matmul_flops_per_s", rate)
+            windows = r.get("mfu_windows") or [r["mfu"]]
+            spread = f"{100 * min(windows):.1f}-{100 * max(windows):.1f}%"
             lines.append(
                 f"  {r['experiment']:<12} {str(r['jit_compile']):<5} "
                 f"{r['parameters']:>10,} {r['tokens_per_s']:>10,.0f} "
-                f"{100 * r['mfu']:>5.1f}% {1000 * r['step_time_s']:>8.1f} "
+                f"{100 * r['mfu']:>5.1f}% {spread:>13} {1000 * r['step_time_s']:>8.1f} "
                 f"{row_rate / 1e9:>12.1f}"
             )
         if "pipeline" in results:

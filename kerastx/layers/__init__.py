@@ -6,6 +6,7 @@ causal mask is rectangular.
 """
 
 from kerastx.layers.decoder_layer import DecoderLayer
+from kerastx.layers.dropout import Dropout
 from kerastx.layers.encoder_layer import EncoderLayer
 from kerastx.layers.feed_forward import FeedForward
 from kerastx.layers.masks import (
@@ -17,6 +18,7 @@ from kerastx.layers.masks import (
 )
 from kerastx.layers.mixture_of_experts import MixtureOfExperts
 from kerastx.layers.multi_head_attention import MultiHeadAttention
+from kerastx.layers.normalization import LayerNormalization
 from kerastx.layers.position_embedding import PositionEmbedding
 from kerastx.layers.rotary_embedding import RotaryEmbedding
 from kerastx.layers.sinusoidal_position_encoding import SinusoidalPositionEncoding
@@ -24,8 +26,10 @@ from kerastx.layers.token_embedding import TokenEmbedding
 
 __all__ = [
     "DecoderLayer",
+    "Dropout",
     "EncoderLayer",
     "FeedForward",
+    "LayerNormalization",
     "MixtureOfExperts",
     "MultiHeadAttention",
     "PositionEmbedding",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import keras
 
+from kerastx.layers.normalization import LayerNormalization
+
 NORMS = ("layernorm", "rmsnorm")
 NORM_POSITIONS = ("pre", "post")
 
@@ -45,4 +47,4 @@ def make_norm(norm, epsilon, dtype, name):
     """A `LayerNormalization` or `RMSNormalization` (both compute in float32)."""
     if norm == "rmsnorm":
         return keras.layers.RMSNormalization(epsilon=epsilon, dtype=dtype, name=name)
-    return keras.layers.LayerNormalization(epsilon=epsilon, dtype=dtype, name=name)
+    return LayerNormalization(epsilon=epsilon, dtype=dtype, name=name)

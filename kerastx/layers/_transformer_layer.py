@@ -5,6 +5,7 @@ from __future__ import annotations
 import keras
 
 from kerastx.layers import _common
+from kerastx.layers.dropout import Dropout
 from kerastx.layers.feed_forward import ACTIVATIONS, FeedForward
 from kerastx.layers.mixture_of_experts import MixtureOfExperts
 from kerastx.layers.multi_head_attention import MultiHeadAttention
@@ -101,7 +102,7 @@ class TransformerLayerBase(keras.layers.Layer):
         return _common.make_norm(self.norm, self.norm_epsilon, self.dtype_policy, name)
 
     def _make_dropout(self, name):
-        return keras.layers.Dropout(self.dropout, dtype=self.dtype_policy, name=name)
+        return Dropout(self.dropout, dtype=self.dtype_policy, name=name)
 
     def _make_feed_forward(self, inputs_shape):
         if self.num_experts:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from kerastx.layers.dropout import Dropout
+
 ACTIVATIONS = ("relu", "gelu", "swiglu")
 
 
@@ -79,7 +81,7 @@ class FeedForward(keras.layers.Layer):
             name="inner_dense",
         )
         self._inner_dense.build(inputs_shape)
-        self._dropout_layer = keras.layers.Dropout(self.dropout, dtype=self.dtype_policy)
+        self._dropout_layer = Dropout(self.dropout, dtype=self.dtype_policy)
         self._output_dense = keras.layers.Dense(
             width,
             use_bias=self.use_bias,

@@ -8,6 +8,7 @@ import keras
 from keras import ops
 
 from kerastx.layers import _common
+from kerastx.layers.dropout import Dropout
 from kerastx.layers.feed_forward import ACTIVATIONS
 from kerastx.layers.mixture_of_experts import MixtureOfExperts
 from kerastx.layers.position_embedding import PositionEmbedding
@@ -198,7 +199,7 @@ class TransformerModelBase(keras.Model):
         return layer
 
     def _make_dropout(self, name):
-        return keras.layers.Dropout(self.dropout, dtype=self.dtype_policy, name=name)
+        return Dropout(self.dropout, dtype=self.dtype_policy, name=name)
 
     def _make_condition(self):
         """Condition id -> Embedding, or condition vector -> Dense; None without one."""

@@ -7,6 +7,7 @@ from keras import ops
 
 from kerastx.layers import _common
 from kerastx.layers import masks as masks_lib
+from kerastx.layers.dropout import Dropout
 from kerastx.layers.encoder_layer import EncoderLayer
 from kerastx.layers.token_embedding import TokenEmbedding
 from kerastx.models import _base
@@ -121,9 +122,7 @@ class EncoderClassifier(_base.TransformerModelBase):
             layer.build(shape)
             self.encoder_layers.append(layer)
         self.final_norm = self._make_final_norm("final_norm")
-        self.pooled_dropout = keras.layers.Dropout(
-            self.dropout, dtype="float32", name="pooled_dropout"
-        )
+        self.pooled_dropout = Dropout(self.dropout, dtype="float32", name="pooled_dropout")
         # float32 head: logits in float32 under mixed precision.
         self.head = keras.layers.Dense(self.num_classes, dtype="float32", name="head")
         self.head.build((None, self.d_model))

@@ -1,12 +1,14 @@
 """The compiled training step: micro-batches -> global gradient -> clipped update.
 
 One replica step, for every strategy:
-1. for each of the `accumulation` micro-batches, the gradient of the *summed* token loss
-   (plus auxiliary losses weighted by the micro-batch's token count) is computed and
-   added up locally (optionally under XLA);
-2. gradients and counts are summed over replicas (`all_reduce`), and the gradient is
-   divided by the global number of target tokens, so the loss does not depend on how
-   the global batch is split across replicas and micro-batches;
+1. the real target tokens of all micro-batches are counted and summed over replicas (a
+   scalar `all_reduce`, before any forward pass);
+2. for each of the `accumulation` micro-batches, the gradient of the token loss summed
+   over the micro-batch (plus auxiliary losses weighted by its token count) and divided
+   by that global token count is computed and added up locally (optionally under XLA);
+   the sum over replicas (`all_reduce`) is then the gradient of the global token mean,
+   so the loss does not depend on how the global batch is split across replicas and
+   micro-batches, and no division pass over the gradients is needed;
 3. the global norm is taken and the gradient clipped (on the global gradient, not on
    each replica's share);
 4. the optimizer applies it (a float16 step with non-finite gradients is skipped and
@@ -191,7 +193,7 @@ class StepBuilder:
 
     # -- replica context -------------------------------------------------------------
 
-    def _micro_grads(self, batch: dict, loss_scale: tf.Tensor):
+    def _micro_grads(self, batch: dict, grad_scale: tf.Tensor):
         inputs, labels = model_inputs(batch, self.model_type)
         pad_id = None if self.model_type == "encoder_classifier" else 0
         with tf.GradientTape() as tape:
@@ -203,7 +205,9 @@ class StepBuilder:
             aux = tf.cast(tf.add_n(losses), tf.float32) if losses else tf.constant(0.0)
             # Auxiliary losses are per-batch means: weighting them by the batch's token
             # count makes their global contribution a token-weighted mean.
-            objective = (loss_sum + aux * count) * loss_scale
+            # grad_scale = loss scale / global target tokens: the gradients come out
+            # already normalized (no per-variable division pass after the all-reduce).
+            objective = (loss_sum + aux * count) * grad_scale
         variables = self.model.trainable_variables
         grads = tape.gradient(objective, variables)
         grads = [
@@ -219,6 +223,13 @@ class StepBuilder:
         }
         return grads, stats
 
+    def _label_count(self, batch: dict) -> tf.Tensor:
+        """The real target positions of a micro-batch (float32): the loss's `count`."""
+        _, labels = model_inputs(batch, self.model_type)
+        if self.model_type == "encoder_classifier":
+            return tf.cast(tf.size(labels), tf.float32)
+        return tf.reduce_sum(tf.cast(tf.not_equal(labels, 0), tf.float32))
+
     def _moe_counts(self) -> dict:
         """This replica's routing counters of the last forward pass (replica context)."""
         routed = [tf.convert_to_tensor(layer.tokens_routed.value) for layer in self._moe]
@@ -231,8 +242,12 @@ class StepBuilder:
         totals = {k: tf.constant(0.0) for k in self.sum_keys if k != "id_hash"}
         id_hash = tf.constant(0, tf.int64)
         position = tf.constant(0, tf.int64)
+        global_tokens = ctx.all_reduce(
+            tf.distribute.ReduceOp.SUM, tf.add_n([self._label_count(b) for b in batches])
+        )
+        grad_scale = loss_scale / tf.maximum(global_tokens, 1.0)
         for batch in batches:
-            grads, stats = self._grads(batch, loss_scale)
+            grads, stats = self._grads(batch, grad_scale)
             if self._moe:
                 stats.update(self._moe_counts())
             stats.update(_batch_stats(batch, self.model_type))
@@ -248,8 +263,8 @@ class StepBuilder:
         totals = dict(zip(keys, tf.unstack(summed)))
         totals["id_hash"] = ctx.all_reduce(tf.distribute.ReduceOp.SUM, id_hash)
         grads = ctx.all_reduce(tf.distribute.ReduceOp.SUM, total_grads)
-        denominator = tf.maximum(totals["tokens"], 1.0) * loss_scale
-        grads = [g / denominator for g in grads]
+        if self.float16:
+            grads = [g / loss_scale for g in grads]
         grad_norm = tf.linalg.global_norm(grads)
         finite = tf.math.is_finite(grad_norm)
         if self.clip_norm:

@@ -91,7 +91,13 @@ MIRRORED = textwrap.dedent("""
     trainer = Trainer(cfg, data=FakeData(batch_size=4), strategy=strategy, progress=False)
     out["norms"] = t._run_and_check(trainer)
     # float16 + MirroredStrategy + mixture of experts: the loss-scaled update (applied in
-    # cross-replica context) and the routing counters summed over replicas.
+    # cross-replica context) and the routing counters summed over replicas. The first
+    # micro-batch's gradient is poisoned (+inf, on one replica): the all-reduced
+    # gradient is not finite and the step must be skipped on both replicas.
+    from tests.train import test_mixed_precision as mp
+    class Patch:
+        setattr = staticmethod(setattr)
+    mp._poison_gradient(Patch, epoch=0, index=0)
     cfg = util.make_cfg({tmp!r} + "/fp16", "training.train_steps=3", "training.log_every=1",
                         "training.mixed_precision=float16", "model.num_experts=2",
                         "model.moe_every=1", "model.expert_capacity_factor=0.5")
@@ -123,8 +129,7 @@ def test_float16_with_two_replicas_trains_and_counts_expert_routing(mirrored):
     records = mirrored["fp16"]
     assert [r["step"] for r in records] == [1, 2, 3]
     assert all(np.isfinite(r["loss"]) for r in records)
-    # The first step overflows at the initial scale 2**15 and is skipped; Keras's counter
-    # advances only on the applied steps.
+    # The poisoned first step is skipped; Keras's counter advances only on applied steps.
     assert mirrored["fp16_iterations"] == sum(r["finite_grads"] for r in records)
     assert records[0]["finite_grads"] is False and records[-1]["finite_grads"] is True
     # Each step's counters are summed over both replicas: the last step's equal the
