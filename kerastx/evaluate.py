@@ -24,7 +24,11 @@ import tensorflow as tf
 
 from kerastx import inference, metrics
 from kerastx.tfutil import expected_retracing
-from kerastx.train.losses import smoothed_cross_entropy_sum, token_accuracy_counts
+from kerastx.train.losses import (
+    label_pad_id,
+    smoothed_cross_entropy_sum,
+    token_accuracy_counts,
+)
 from kerastx.train.step import model_inputs
 
 
@@ -50,7 +54,7 @@ class _LossFn:
     def _sums(self, batch):
         inputs, labels = model_inputs(batch, self.model_type)
         logits = self.model(inputs, training=False)
-        pad_id = None if self.model_type == "encoder_classifier" else 0
+        pad_id = label_pad_id(self.model_type)
         _, nll, count = smoothed_cross_entropy_sum(labels, logits, 0.0, pad_id)
         correct = token_accuracy_counts(labels, logits, pad_id)
         predicted = tf.argmax(logits, axis=-1, output_type=tf.int32)

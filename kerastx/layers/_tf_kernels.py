@@ -66,7 +66,7 @@ def layer_norm(inputs, gamma, beta, epsilon: float):
     width = x.shape[-1]
     g = tf.ones([width], tf.float32) if gamma is None else tf.cast(gamma, tf.float32)
     b = tf.zeros([width], tf.float32) if beta is None else tf.cast(beta, tf.float32)
-    return _layer_norm(x, g, b, epsilon)
+    return _layer_norm_kernel(x, g, b, tf.constant(epsilon, tf.float32))
 
 
 @tf.custom_gradient
@@ -88,7 +88,3 @@ def _layer_norm_kernel(x, g, b, epsilon):
         return dx, dg, db, None
 
     return normed * g + b, grad
-
-
-def _layer_norm(x, g, b, epsilon):
-    return _layer_norm_kernel(x, g, b, tf.constant(epsilon, tf.float32))

@@ -49,9 +49,10 @@ class Dropout(keras.layers.Dropout):
     """
 
     def call(self, inputs, training=False):
+        threshold = keep_threshold(self.rate)
         fast = (
             training
-            and 0 < keep_threshold(self.rate) < _LEVELS
+            and 0 < threshold < _LEVELS
             and self.noise_shape is None
             and keras.backend.backend() == "tensorflow"
         )
@@ -59,6 +60,4 @@ class Dropout(keras.layers.Dropout):
             return super().call(inputs, training=training)
         from kerastx.layers import _tf_kernels
 
-        return _tf_kernels.dropout_16bit(
-            inputs, keep_threshold(self.rate), self.seed_generator.next()
-        )
+        return _tf_kernels.dropout_16bit(inputs, threshold, self.seed_generator.next())

@@ -10,6 +10,20 @@ from __future__ import annotations
 import tensorflow as tf
 
 
+def label_pad_id(model_type: str) -> int | None:
+    """The label id the loss ignores: 0 (padding) for token targets, None for classifiers
+    (every label counts)."""
+    return None if model_type == "encoder_classifier" else 0
+
+
+def label_weights(labels: tf.Tensor, pad_id: int | None = 0) -> tf.Tensor:
+    """float32 1.0 at the positions the loss counts (`labels != pad_id`; all of them when
+    `pad_id` is None), 0.0 elsewhere."""
+    if pad_id is None:
+        return tf.ones(tf.shape(labels), tf.float32)
+    return tf.cast(tf.not_equal(labels, pad_id), tf.float32)
+
+
 def smoothed_cross_entropy_sum(
     labels: tf.Tensor, logits: tf.Tensor, smoothing: float, pad_id: int = 0
 ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
@@ -39,10 +53,7 @@ def smoothed_cross_entropy_sum(
         loss = (1.0 - smoothing) * nll + smoothing * uniform
     else:
         loss = nll
-    if pad_id is None:
-        weights = tf.ones_like(nll)
-    else:
-        weights = tf.cast(tf.not_equal(labels, pad_id), tf.float32)
+    weights = label_weights(labels, pad_id)
     return (
         tf.reduce_sum(loss * weights),
         tf.reduce_sum(nll * weights),
@@ -57,6 +68,4 @@ def token_accuracy_counts(
     labels = tf.cast(labels, tf.int32)
     predicted = tf.argmax(logits, axis=-1, output_type=tf.int32)
     correct = tf.cast(tf.equal(predicted, labels), tf.float32)
-    if pad_id is not None:
-        correct *= tf.cast(tf.not_equal(labels, pad_id), tf.float32)
-    return tf.reduce_sum(correct)
+    return tf.reduce_sum(correct * label_weights(labels, pad_id))

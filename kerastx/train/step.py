@@ -32,7 +32,12 @@ import time
 import tensorflow as tf
 
 from kerastx.tfutil import expected_retracing
-from kerastx.train.losses import smoothed_cross_entropy_sum, token_accuracy_counts
+from kerastx.train.losses import (
+    label_pad_id,
+    label_weights,
+    smoothed_cross_entropy_sum,
+    token_accuracy_counts,
+)
 
 # Per-step statistics, summed over replicas and micro-batches (see _batch_stats).
 SUM_KEYS = (
@@ -195,7 +200,7 @@ class StepBuilder:
 
     def _micro_grads(self, batch: dict, grad_scale: tf.Tensor):
         inputs, labels = model_inputs(batch, self.model_type)
-        pad_id = None if self.model_type == "encoder_classifier" else 0
+        pad_id = label_pad_id(self.model_type)
         with tf.GradientTape() as tape:
             logits = self.model(inputs, training=True)
             loss_sum, nll_sum, count = smoothed_cross_entropy_sum(
@@ -226,9 +231,7 @@ class StepBuilder:
     def _label_count(self, batch: dict) -> tf.Tensor:
         """The real target positions of a micro-batch (float32): the loss's `count`."""
         _, labels = model_inputs(batch, self.model_type)
-        if self.model_type == "encoder_classifier":
-            return tf.cast(tf.size(labels), tf.float32)
-        return tf.reduce_sum(tf.cast(tf.not_equal(labels, 0), tf.float32))
+        return tf.reduce_sum(label_weights(labels, label_pad_id(self.model_type)))
 
     def _moe_counts(self) -> dict:
         """This replica's routing counters of the last forward pass (replica context)."""
