@@ -185,17 +185,26 @@ def _step_peak_bytes(fn, *args):
     return tf.config.experimental.get_memory_info("CPU:0")["peak"] - before
 
 
-@pytest.mark.parametrize("tie", [True, False])
-def test_projection_gradient_memory_is_that_of_a_dense_layer(tie):
+@pytest.mark.parametrize(
+    "tie,policy,jit_compile",
+    [
+        (True, "float32", False),
+        (False, "float32", False),
+        (True, "float32", True),
+        (True, "mixed_bfloat16", False),
+        (True, "mixed_float16", True),
+    ],
+)
+def test_projection_gradient_memory_is_that_of_a_dense_layer(tie, policy, jit_compile):
     # B*T = 256 positions, V = 2000, D = 128: logits 2 MB, table 1 MB; a (B, T, V, D)
     # gradient intermediate would be 262 MB (the einsum took 539 MB).
     b, t, v, d = 16, 16, 2000, 128
-    layer = TokenEmbedding(v, d, tie_weights=tie)
+    layer = TokenEmbedding(v, d, tie_weights=tie, dtype=policy)
     layer.build()
     weight = layer.embeddings if tie else layer.output_kernel
     hidden = tf.random.stateless_normal((b, t, d), seed=(0, 1))
 
-    @tf.function
+    @tf.function(jit_compile=jit_compile)
     def step(h):
         with tf.GradientTape() as tape:
             tape.watch(h)

@@ -1,0 +1,159 @@
+"""Memory of one training step, estimated from the shapes, and the out-of-memory message.
+
+The estimate is the peak of a step in bytes, from the model's variables, the optimizer's
+variables and the batch shape:
+
+    peak = parameters + optimizer + weight_casts
+           + max(backward phase: activations + logits + one gradient copy,
+                 update phase:   two gradient copies + Adam's temporaries)
+
+- `parameters`: the model's variables (float32); `optimizer`: the optimizer's variables
+  (read from the built optimizer); `weight_casts`: under mixed precision, one
+  compute-dtype copy of the weights (the autocast reads the backward pass keeps);
+- `gradients`: one float32 copy of the trainable variables while the backward pass
+  accumulates them; two (the gradients and their clipped copy) when the update runs,
+  plus three temporaries of the largest variable (Adam's new moments and step);
+- `activations`: what the forward pass keeps for the backward pass, per layer below;
+- `logits`: the float32 output layer: the logits, their log-softmax and their gradient
+  (3 x positions x vocabulary), the dominant term at large vocabularies.
+
+Activations kept per layer (`N` tokens of the stack, width `D`, inner width `F`, `H`
+heads, query length `L`, key length `S`, `e` bytes per compute-dtype element;
+attention probabilities in float32):
+- self-attention: norm input and output, query, key, value, context, output and its
+  dropout mask: `7 N D e`, and the probabilities `1.25 x B H L S x 4` (with the mask);
+- cross-attention: the same with keys and values of the memory's `N_s` tokens:
+  `7 N D e + 2 N_s D e + 1.25 x B H L S x 4`;
+- feed-forward: norm input and output, output and dropout mask `3 N D e`, the inner
+  activation `N F e`;
+- embeddings (lookup, scale, positions, dropout) `4 N D e` per stack.
+The coefficients are counts of those tensors, checked against TensorFlow's allocator
+peak of a forward and backward pass at d512 (B 32, L 128): measured 137 MB per encoder
+layer (counted 138 MB), 144-158 MB per decoder-only layer, 266 MB per encoder-decoder
+decoder layer (counted 235 MB).
+
+It is an estimate, not an accounting of TensorFlow's allocator: the real-size tests
+check that a step's measured peak stays within a small factor of it, so a hidden tensor
+larger than the model's real working set (the `(B, T, V, D)` gradient of issue 11)
+fails them.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+POLICY_DTYPES = {"none": "float32", "bfloat16": "bfloat16", "float16": "float16"}
+
+
+def _size(variables) -> int:
+    return int(sum(math.prod(v.shape) for v in variables))
+
+
+def _attention(b, h, n_q, len_q, len_k, d, e, n_kv=None) -> float:
+    """Bytes an attention sublayer keeps; `n_kv`: memory tokens of a cross-attention."""
+    kept = 7 * n_q * d * e + 1.25 * b * h * len_q * len_k * 4
+    return kept if n_kv is None else kept + 2 * n_kv * d * e
+
+
+def _feed_forward(n, d, f, e) -> float:
+    return (3 * n * d + n * f) * e
+
+
+def _sides(batch_shapes: dict) -> tuple[tuple[int, int] | None, tuple[int, int] | None]:
+    """(B, S) of the encoder input and (B, T) of the decoder input, None when absent."""
+    source = batch_shapes.get("source_ids")
+    target = batch_shapes.get("target_in_ids", batch_shapes.get("token_ids"))
+    return (
+        tuple(int(x) for x in source) if source is not None else None,
+        tuple(int(x) for x in target) if target is not None else None,
+    )
+
+
+def _output_width(model) -> int:
+    """Width of the output layer: the target vocabulary, or the classes."""
+    for name in ("num_classes", "target_vocab_size", "vocab_size"):
+        value = getattr(model, name, None)
+        if value:
+            return int(value)
+    raise ValueError("cannot tell the output width of this model")
+
+
+def estimate_step(model, batch_shapes: dict, optimizer=None, mixed_precision="none") -> dict:
+    """Estimated peak bytes of one training step of `model` on one micro-batch.
+
+    Args:
+        model: a built kerastx model (`encoder_layers` and/or `decoder_layers`).
+        batch_shapes: dict of batch key -> shape (`source_ids`, `target_in_ids` or
+            `token_ids`) of one per-replica micro-batch.
+        optimizer: the built optimizer, or None (two slots per weight assumed, as Adam).
+        mixed_precision: "none", "bfloat16" or "float16" (`training.mixed_precision`).
+
+    Returns:
+        dict of int bytes: `parameters`, `optimizer`, `weight_casts`, `gradients` (one
+        copy), `activations`, `logits`, `backward_phase`, `update_phase` and `total` (the
+        estimated peak).
+    """
+    e = _BYTES[POLICY_DTYPES[mixed_precision]]
+    d, f, h = model.d_model, model.ffn_dim, model.num_heads
+    params = _size(model.variables) * 4
+    grads = _size(model.trainable_variables) * 4
+    opt = _size(optimizer.variables) * 4 if optimizer is not None else 2 * grads
+    largest = max((math.prod(v.shape) for v in model.trainable_variables), default=0) * 4
+    source, target = _sides(batch_shapes)
+    activations = 0.0
+    if getattr(model, "encoder_layers", None):
+        b, s = source
+        n = b * s
+        layer = _attention(b, h, n, s, s, d, e) + _feed_forward(n, d, f, e)
+        activations += len(model.encoder_layers) * layer + 4 * n * d * e
+    if getattr(model, "decoder_layers", None):
+        b, t = target
+        n = b * t
+        for layer in model.decoder_layers:
+            activations += _attention(b, h, n, t, t, d, e) + _feed_forward(n, d, f, e)
+            if getattr(layer, "use_cross_attention", False):
+                activations += _attention(b, h, n, t, source[1], d, e, n_kv=b * source[1])
+        activations += 4 * n * d * e
+        positions = b * t
+    else:
+        positions = source[0]  # one prediction per example
+    logits = 3 * positions * _output_width(model) * 4
+    casts = grads // 4 * e if mixed_precision != "none" else 0
+    backward = int(activations) + logits + grads
+    update = 2 * grads + 3 * largest
+    return {
+        "parameters": params,
+        "optimizer": opt,
+        "weight_casts": casts,
+        "gradients": grads,
+        "activations": int(activations),
+        "logits": int(logits),
+        "backward_phase": backward,
+        "update_phase": update,
+        "total": params + opt + casts + max(backward, update),
+    }
+
+
+def format_bytes(n: float) -> str:
+    """`1.5 GB`-style size (powers of 1000)."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{int(n)} B"
+
+
+def machine_memory() -> int | None:
+    """Physical memory of this machine in bytes (None where unknown)."""
+    try:
+        return int(np.int64(_sysconf("SC_PAGE_SIZE")) * _sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):  # pragma: no cover
+        return None
+
+
+def _sysconf(name: str) -> int:
+    import os
+
+    return os.sysconf(name)
