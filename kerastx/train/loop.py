@@ -25,7 +25,7 @@ import tensorflow as tf
 
 from kerastx.config import ExperimentConfig, write_resolved
 from kerastx.errors import KerastxError
-from kerastx.train import builders, summaries
+from kerastx.train import builders, memory, summaries
 from kerastx.train.checkpoints import Checkpoints, VariableBag, variable_manifest
 from kerastx.train.flops import matmul_rate, model_flops
 from kerastx.train.optimizers import build_optimizer
@@ -40,6 +40,10 @@ class Preempted(KerastxError):
     """SIGTERM arrived; a checkpoint was written. The CLI exits with code 75."""
 
     exit_code = 75
+
+
+class OutOfMemory(KerastxError):
+    """A training step (or an evaluation) ran out of memory: one line with what to change."""
 
 
 class NonFiniteLoss(KerastxError):
@@ -134,6 +138,7 @@ class Trainer:
         self.progress_enabled = progress and self.chief
         self._sigterm = False
         self.restored_from = None
+        self._running = (0, 1, (0, 0))  # the step call in flight: (step, steps, position)
 
     # -- state -------------------------------------------------------------------------
 
@@ -245,24 +250,10 @@ class Trainer:
                 if t.profile_steps and step + 1 == t.profile_steps[0]:
                     profiling = board.trace_on(os.path.join(cfg.run_dir, summaries.LOG_DIR))
                 n = self._chunk(step)
-                taken = True
-                if window.steps == 0 and step % t.log_every == 0:
-                    # First step of a logging window: fetch its input eagerly to time it.
-                    # Only on the log_every grid: the probe is a separate graph whose
-                    # float results may differ from train_fn's in the last bit, so a run
-                    # resumed off the grid (SIGTERM) must not probe where the
-                    # uninterrupted run did not (that broke bit-exact resume).
-                    stats, waited, elapsed, traced = self.steps.probe(iterator)
-                    if not traced:
-                        window.waited += waited
-                        window.probed += elapsed
-                    taken = self._take(step, stats, elapsed, 1, not traced, window, journal)
-                    n -= 1
-                if taken is True and n:
-                    stats, elapsed, traced = self.steps.run(iterator, n)
-                    taken = self._take(
-                        self.step - n, stats, elapsed, n, not traced, window, journal
-                    )
+                try:
+                    taken, stats = self._run_chunk(iterator, step, n, window, journal)
+                except tf.errors.ResourceExhaustedError as err:
+                    raise OutOfMemory(self._out_of_memory(err)) from None
                 if taken is not True:
                     iterator = self._non_finite(taken, journal, board, progress)
                     window = summaries.Window()
@@ -325,6 +316,16 @@ class Trainer:
                     f"checkpoint saved at step {self.step} (the evaluation runs again "
                     f"on resume); re-run the same command to resume"
                 ) from None
+            except tf.errors.ResourceExhaustedError as err:
+                self._save_once()  # the evaluation runs again on resume, as after SIGTERM
+                raise OutOfMemory(
+                    f"out of memory while evaluating on the dev set at step {self.step} "
+                    f"(decoding.batch_size={self.cfg.decoding.batch_size} examples, "
+                    f"decoding.max_length={self.cfg.decoding.max_length}); TensorFlow: "
+                    f"{memory.tensorflow_detail(getattr(err, 'message', str(err)))}; lower "
+                    f"decoding.batch_size and re-run to resume (checkpoint saved at step "
+                    f"{self.step})"
+                ) from None
             stop = self._should_stop() and self.step < self.cfg.training.train_steps
         if save or stop:
             self._save_once()
@@ -343,6 +344,77 @@ class Trainer:
         """Saves a checkpoint at the current step unless the newest one is at this step."""
         if self.checkpoints.saved_step != self.step:
             self.checkpoints.save()
+
+    def _run_chunk(self, iterator, step: int, n: int, window, journal):
+        """Runs the next `n` steps (the first one probed on the log grid) and logs them.
+
+        Returns:
+            `(taken, stats)`: True if every loss was finite (else the first bad step),
+            and the statistics of the last call.
+        """
+        taken = True
+        stats = None
+        if window.steps == 0 and step % self.cfg.training.log_every == 0:
+            # First step of a logging window: fetch its input eagerly to time it.
+            # Only on the log_every grid: the probe is a separate graph whose float
+            # results may differ from train_fn's in the last bit, so a run resumed off
+            # the grid (SIGTERM) must not probe where the uninterrupted run did not
+            # (that broke bit-exact resume).
+            self._running = (step, 1, self._position())
+            stats, waited, elapsed, traced = self.steps.probe(iterator)
+            if not traced:
+                window.waited += waited
+                window.probed += elapsed
+            taken = self._take(step, stats, elapsed, 1, not traced, window, journal)
+            n -= 1
+        if taken is True and n:
+            self._running = (self.step, n, self._position())
+            stats, elapsed, traced = self.steps.run(iterator, n)
+            taken = self._take(self.step - n, stats, elapsed, n, not traced, window, journal)
+        return taken, stats
+
+    def _position(self) -> tuple[int, int]:
+        """The data position: (epoch, index of the next batch to read)."""
+        return int(self.state["data_epoch"].numpy()), int(self.state["data_index"].numpy())
+
+    def _out_of_memory(self, err) -> str:
+        """The one-line message of a step that ran out of memory (see `train.memory`).
+
+        The failed call (`self._running`: first step, number of steps, data position)
+        read the batches from that position on: with a data module that plans its
+        batches (`planner`), their shapes are known, and the message names the largest
+        and the step memory the estimate gives for it.
+        """
+        cfg = self.cfg
+        step, n, position = self._running
+        per_step = self.strategy.num_replicas_in_sync * cfg.training.gradient_accumulation
+        batch = None
+        planner = getattr(self.data, "planner", None)
+        if planner is not None:
+            try:
+                batch = memory.largest_batch(
+                    planner(self.strategy.num_replicas_in_sync), position, n * per_step
+                )
+            except Exception:  # noqa: BLE001 - the message must not fail; say less instead
+                batch = None
+        estimate = None
+        if batch is not None:
+            estimate = memory.estimate_step(
+                self.model,
+                memory.batch_shapes_of(*batch),
+                self.optimizer,
+                cfg.training.mixed_precision,
+            )["total"]
+        return memory.out_of_memory_message(
+            (step + 1, step + n),
+            batch,
+            self.model.count_params(),
+            estimate,
+            cfg.data.batch_size,
+            cfg.data.batch_unit,
+            cfg.training.gradient_accumulation,
+            getattr(err, "message", str(err)),
+        )
 
     # -- events ------------------------------------------------------------------------
 

@@ -41,6 +41,7 @@ fails them.
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 
@@ -138,8 +139,8 @@ def estimate_step(model, batch_shapes: dict, optimizer=None, mixed_precision="no
 
 
 def format_bytes(n: float) -> str:
-    """`1.5 GB`-style size (powers of 1000)."""
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+    """`1.5 GiB`-style size (powers of 1024, as `free` and `top` show memory)."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
         if abs(n) >= scale:
             return f"{n / scale:.1f} {unit}"
     return f"{int(n)} B"
@@ -157,3 +158,95 @@ def _sysconf(name: str) -> int:
     import os
 
     return os.sysconf(name)
+
+
+def batch_shapes_of(examples: int, length: int) -> dict:
+    """The model-input shapes of a `(examples, padded length)` batch, for every family.
+
+    Both sides of a training batch are padded to the same bucket boundary; the estimate
+    reads the keys its model has (`source_ids` for encoders, `target_in_ids`/`token_ids`
+    for decoders).
+    """
+    shape = (int(examples), int(length))
+    return {"source_ids": shape, "target_in_ids": shape, "token_ids": shape}
+
+
+def out_of_memory_message(
+    steps: tuple[int, int],
+    batch: tuple[int, int] | None,
+    parameters: int,
+    estimate: int | None,
+    batch_size: int,
+    batch_unit: str,
+    accumulation: int,
+    tensorflow_message: str = "",
+) -> str:
+    """The one line a user reads when a training step runs out of memory.
+
+    Args:
+        steps: `(first, last)` step of the failed call (equal for one step).
+        batch: `(examples, padded length)` of the largest batch those steps read, or
+            None when the data cannot tell.
+        parameters: the model's parameter count.
+        estimate: the estimated peak bytes of a step on that batch (`estimate_step`),
+            or None.
+        batch_size, batch_unit: `data.batch_size` and `data.batch_unit`.
+        accumulation: `training.gradient_accumulation`.
+        tensorflow_message: the allocator's message (the tensor it could not allocate).
+    """
+    first, last = steps
+    where = f"training step {first}" if first == last else f"training steps {first}-{last}"
+    parts = [f"out of memory in {where}"]
+    if batch is not None:
+        parts.append(f"batch of {batch[0]} x {batch[1]} (examples x padded tokens)")
+    parts.append(f"model of {parameters:,} parameters")
+    if estimate is not None:
+        have = machine_memory()
+        on = f" of this machine's {format_bytes(have)}" if have else ""
+        parts.append(f"estimated step memory {format_bytes(estimate)}{on}")
+    detail = tensorflow_detail(tensorflow_message)
+    if detail:
+        parts.append(f"TensorFlow: {detail}")
+    half = max(batch_size // 2, 1)
+    unit = "tokens" if batch_unit == "tokens" else "examples"
+    advice = (
+        f"to use less memory lower data.batch_size ({batch_size} {unit}), "
+        f"data.max_source_length/data.max_target_length, or keep the global batch with "
+        f"smaller micro-batches: --set data.batch_size={half} "
+        f"--set training.gradient_accumulation={2 * accumulation}"
+    )
+    return "; ".join(parts) + "; " + advice
+
+
+_OOM_TENSOR = re.compile(r"OOM when allocating tensor with shape\s*\[[^\]]*\][^\n]*?type \w+")
+
+
+def tensorflow_detail(message: str) -> str:
+    """The useful part of TensorFlow's out-of-memory message: which tensor failed."""
+    found = _OOM_TENSOR.search(message or "")
+    if found:
+        return found.group(0)
+    for line in (message or "").splitlines():
+        line = line.strip()
+        if line and not line.endswith("execution error:"):
+            return line[:200]
+    return ""
+
+
+def largest_batch(planner, position: tuple[int, int], count: int) -> tuple[int, int] | None:
+    """`(examples, padded length)` of the largest (by slots) of the `count` batches of
+    the training stream from `position` = (epoch, index) on; None if there are none."""
+    epoch, index = int(position[0]), int(position[1])
+    best = None
+    left = int(count)
+    for _ in range(1000):  # epochs; a stream of empty epochs is refused by the planner
+        if left <= 0:
+            break
+        _, sizes, lengths, _ = planner.plan(epoch, skip=index)
+        take = min(left, len(sizes))
+        for size, length in zip(sizes[:take], lengths[:take]):
+            if best is None or size * length > best[0] * best[1]:
+                best = (int(size), int(length))
+        left -= take
+        epoch, index = epoch + 1, 0
+    return best
