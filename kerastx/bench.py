@@ -14,6 +14,11 @@ pipeline. Sections (select with `--only`):
   caches of earlier rows) as 4 timed windows, with the matmul rate measured there
   before each window and after the last; a row reports its median window and the range
   (single rows varied by +-5 % from run to run on this 2-core machine).
+- `memory`: one training step of each family at real sizes (32k vocabularies, d512,
+  4096-token batches) and one cached decoding step: TensorFlow's allocator peak against
+  the estimate from the shapes, peak RSS, step time; and issue 11's experiment (shared
+  8k vocabulary, d256, 3+3 layers) with a tied and an untied output layer, in
+  alternating processes (`kerastx.bench_memory`).
 - `decode_cache`: greedy decoding of 64 tokens, batch 32, with and without the cache.
 - `decode`: decoding throughput (words/s, sentences/s) on the G2P test set, greedy and
   beam 4, in the framework and through the exported SavedModel, plus greedy without the
@@ -35,7 +40,7 @@ import time
 
 import tensorflow as tf
 
-SECTIONS = ("matmul", "pipeline", "train", "decode_cache", "decode")
+SECTIONS = ("matmul", "pipeline", "train", "memory", "decode_cache", "decode")
 ROOT_EXPERIMENTS = "experiments"
 
 
@@ -277,6 +282,10 @@ def run(
             for name in ("quickstart", "bench_g2p")
             for jit in (False, True)
         ]
+    if "memory" in sections:
+        from kerastx import bench_memory
+
+        results["memory"] = bench_memory.bench(quick)
     if "decode_cache" in sections:
         results["decode_cache"] = bench_decode_cache()
     if "decode" in sections:
@@ -331,6 +340,10 @@ def format_table(results: dict) -> str:
             lines.append(
                 f"  pipeline supply / fastest training consumption: {supply / max(best, 1):.0f}x"
             )
+    if "memory" in results:
+        from kerastx import bench_memory
+
+        lines.extend(bench_memory.format_section(results["memory"]))
     if "decode_cache" in results:
         d = results["decode_cache"]
         lines.append(

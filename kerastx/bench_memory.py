@@ -399,3 +399,86 @@ def measure_decode(name: str) -> dict:
             "max_abs_error_vs_full_pass": error,
             "position_gap": position_gap,
         }
+
+
+def bench(quick: bool = False) -> dict:
+    """`make bench` section `memory`: every case's training step, the decoding steps, and
+    issue 11's comparison of tied and untied output layers.
+
+    Tied and untied run in alternating fresh processes (tied, untied, tied, untied), each
+    timing `steps` steps after the traced first one, so the two are compared within the
+    run-to-run noise measured here.
+    """
+    steps = 3 if quick else 11
+    rounds = 1 if quick else 2
+    out: dict = {"train": [], "decode": [], "tied_vs_untied": {}}
+    for name in REAL_SIZE_CASES:
+        out["train"].append(isolated("measure_train", name, 3))
+    for name in ("seq2seq_32k", "decoder_lm_32k"):
+        out["decode"].append(isolated("measure_decode", name))
+    pair: dict = {"seq2seq_8k_tied": [], "seq2seq_8k_untied": []}
+    for _ in range(rounds):
+        for name in pair:
+            pair[name].append(isolated("measure_train", name, steps))
+    for name, rows in pair.items():
+        times = [t for row in rows for t in row["step_times_s"][1:]]
+        out["tied_vs_untied"][name] = {
+            "rows": rows,
+            "step_time_s": float(np.median(times)),
+            "step_time_min_s": float(min(times)),
+            "step_time_max_s": float(max(times)),
+            "process_medians_s": [row["step_time_s"] for row in rows],
+            "tf_peak_bytes": max(row["tf_peak_bytes"] for row in rows),
+            "rss_peak_bytes": max(row["rss_peak_bytes"] for row in rows),
+            "parameters": rows[0]["parameters"],
+        }
+    tied, untied = (out["tied_vs_untied"][k] for k in pair)
+    out["tied_vs_untied"]["tied_over_untied_step_time"] = (
+        tied["step_time_s"] / untied["step_time_s"]
+    )
+    return out
+
+
+def format_section(result: dict) -> list[str]:
+    """The bench table's lines for the `memory` section."""
+    from kerastx.train.memory import format_bytes
+
+    lines = [
+        "one training step at real sizes (TF allocator peak vs the shape estimate; peak RSS "
+        "above the process before the model; each case in a fresh process):",
+        f"  {'case':<16} {'batch':>9} {'params':>11} {'estimate':>10} {'TF peak':>10} "
+        f"{'ratio':>6} {'peak RSS':>10} {'step s':>7}",
+    ]
+    for r in result["train"]:
+        b, t = r["batch_shape"]
+        est = r["estimate"]["total"]
+        lines.append(
+            f"  {r['case']:<16} {f'{b}x{t}':>9} {r['parameters']:>11,} "
+            f"{format_bytes(est):>10} {format_bytes(r['tf_peak_bytes']):>10} "
+            f"{r['tf_peak_bytes'] / est:>6.2f} {format_bytes(r['rss_peak_bytes']):>10} "
+            f"{r['step_time_s']:>7.2f}"
+        )
+    for r in result["decode"]:
+        ratio = r["tf_peak_bytes"] / r["estimate_bytes"]
+        lines.append(
+            f"  {r['case'] + ' decode':<22} rows {r['rows']}, cache {r['cache_length']}: "
+            f"TF peak {format_bytes(r['tf_peak_bytes'])} vs estimate "
+            f"{format_bytes(r['estimate_bytes'])} ({ratio:.2f}), "
+            f"step {1000 * r['step_time_s']:.0f} ms, max |cached - full pass| "
+            f"{r['max_abs_error_vs_full_pass']:.1e}"
+        )
+    pair = result["tied_vs_untied"]
+    lines.append(
+        "issue 11 experiment (shared 8k vocabulary, d256, 3+3 layers, 273x15 batches), "
+        "tied vs untied output layer:"
+    )
+    for name in ("seq2seq_8k_tied", "seq2seq_8k_untied"):
+        p = pair[name]
+        lines.append(
+            f"  {name:<18} step {p['step_time_s']:.3f} s (range {p['step_time_min_s']:.3f}-"
+            f"{p['step_time_max_s']:.3f}, per process "
+            f"{', '.join(f'{x:.3f}' for x in p['process_medians_s'])}), TF peak "
+            f"{format_bytes(p['tf_peak_bytes'])}, peak RSS {format_bytes(p['rss_peak_bytes'])}"
+        )
+    lines.append(f"  tied / untied step time: {pair['tied_over_untied_step_time']:.3f}")
+    return lines

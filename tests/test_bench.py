@@ -47,3 +47,45 @@ def test_table_formats_every_section():
     }
     text = bench.format_table(results)
     assert "120.0 GFLOP/s" in text and "50.0%" in text and "45.0-55.0%" in text and "8.00x" in text
+
+
+def test_table_formats_the_memory_section():
+    train = {
+        "case": "seq2seq_32k",
+        "batch_shape": [128, 32],
+        "parameters": 31_130_880,
+        "estimate": {"total": 2 * 2**30},
+        "tf_peak_bytes": 2**30,
+        "rss_peak_bytes": 3 * 2**30,
+        "step_time_s": 5.5,
+    }
+    decode = {
+        "case": "seq2seq_32k",
+        "rows": 128,
+        "cache_length": 128,
+        "tf_peak_bytes": 600 * 2**20,
+        "estimate_bytes": 500 * 2**20,
+        "step_time_s": 0.2,
+        "max_abs_error_vs_full_pass": 0.0,
+    }
+    pair = {
+        name: {
+            "step_time_s": t,
+            "step_time_min_s": t - 0.1,
+            "step_time_max_s": t + 0.1,
+            "process_medians_s": [t, t],
+            "tf_peak_bytes": 2**30,
+            "rss_peak_bytes": 2**31,
+        }
+        for name, t in (("seq2seq_8k_tied", 1.8), ("seq2seq_8k_untied", 2.0))
+    }
+    pair["tied_over_untied_step_time"] = 0.9
+    results = {
+        "matmul": {"matmul_flops_per_s": 1.2e11},
+        "memory": {"train": [train], "decode": [decode], "tied_vs_untied": pair},
+    }
+    text = bench.format_table(results)
+    assert "seq2seq_32k" in text and "128x32" in text and "31,130,880" in text
+    assert "2.0 GiB" in text and "1.0 GiB" in text and "0.50" in text  # estimate, peak, ratio
+    assert "TF peak 600.0 MiB vs estimate 500.0 MiB (1.20)" in text
+    assert "tied / untied step time: 0.900" in text
