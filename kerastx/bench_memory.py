@@ -268,6 +268,7 @@ def measure_train(name: str, steps: int = 2, overrides=()) -> dict:
             "parameters": int(trainer.model.count_params()),
             "estimate": estimate,
             "tf_peak_bytes": int(peaks[-1]),
+            "tf_peaks_bytes": [int(p) for p in peaks],
             "rss_peak_bytes": int(rss_peaks[-1]),
             "first_rss_peak_bytes": int(rss_peaks[0]),
             "step_times_s": times,

@@ -204,6 +204,13 @@ def out_of_memory_message(
         have = machine_memory()
         on = f" of this machine's {format_bytes(have)}" if have else ""
         parts.append(f"estimated step memory {format_bytes(estimate)}{on}")
+        if have and 4 * estimate < have:
+            # A step that should fit several times over: other processes hold the
+            # memory, or a tensor the estimate does not know of (issue 11's was one).
+            parts.append(
+                "that is far below the machine's memory: check other processes, or report "
+                "this as a kerastx bug with this line"
+            )
     detail = tensorflow_detail(tensorflow_message)
     if detail:
         parts.append(f"TensorFlow: {detail}")

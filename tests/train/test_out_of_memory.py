@@ -76,6 +76,8 @@ def test_out_of_memory_in_a_step_is_one_line_and_resumes(tmp_path, monkeypatch, 
     params = line.split("; model of ")[1].split(" parameters; ")[0]
     assert 10_000 < int(params.replace(",", "")) < 100_000, line
     assert "; estimated step memory " in line
+    # A tiny model's step that "needs" more than the machine has: said to be suspicious.
+    assert "far below the machine's memory: check other processes, or report this" in line
     assert "TensorFlow: OOM when allocating tensor with shape[64,20,8000,256] and type float;" in (
         line
     )
