@@ -139,15 +139,13 @@ def bench_training(name: str, jit: bool, steps: int, warmup: int, windows: int =
     }
 
 
-def bench_training_isolated(
-    name: str, jit: bool, steps: int, warmup: int, windows: int = 4
-) -> dict:
-    """`bench_training` in a fresh Python process, so that no earlier row's threads, caches
-    or compiled graphs share the two cores with it."""
+def run_isolated(module: str, call: str, what: str) -> dict:
+    """Runs `kerastx.<module>.<call>` (a call expression returning a JSON-able dict) in a
+    fresh Python process and returns its dict; RuntimeError naming `what` if it fails."""
     code = (
         "import json, sys\n"
-        "from kerastx import bench\n"
-        f"row = bench.bench_training({name!r}, {jit!r}, {steps!r}, {warmup!r}, {windows!r})\n"
+        f"from kerastx import {module}\n"
+        f"row = {module}.{call}\n"
         "sys.stdout.write('KERASTX_ROW ' + json.dumps(row, default=float) + '\\n')\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
@@ -155,7 +153,19 @@ def bench_training_isolated(
         if line.startswith("KERASTX_ROW "):
             return json.loads(line[len("KERASTX_ROW ") :])
     tail = "\n".join(proc.stderr.splitlines()[-20:])
-    raise RuntimeError(f"bench row {name} (xla={jit}) failed (exit {proc.returncode}):\n{tail}")
+    raise RuntimeError(f"{what} failed (exit {proc.returncode}):\n{tail}")
+
+
+def bench_training_isolated(
+    name: str, jit: bool, steps: int, warmup: int, windows: int = 4
+) -> dict:
+    """`bench_training` in a fresh Python process, so that no earlier row's threads, caches
+    or compiled graphs share the two cores with it."""
+    return run_isolated(
+        "bench",
+        f"bench_training({name!r}, {jit!r}, {steps!r}, {warmup!r}, {windows!r})",
+        f"bench row {name} (xla={jit})",
+    )
 
 
 def bench_decode_cache() -> dict:

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
 
@@ -25,6 +23,15 @@ import numpy as np
 
 # Shared model settings of the cases (only the differences are listed per case).
 _BASE = {"dropout": 0.1, "position_encoding": "sinusoidal", "norm_position": "pre"}
+
+# Issue 11's experiment (its tied and untied cases below).
+_ISSUE_11 = {
+    "d_model": 256,
+    "num_heads": 4,
+    "num_encoder_layers": 3,
+    "num_decoder_layers": 3,
+    "ffn_dim": 1024,
+}
 
 CASES = {
     # Transformer-base width with a 32k vocabulary shared by source, target and output.
@@ -68,27 +75,13 @@ CASES = {
         "type": "seq2seq",
         "vocab": 8000,
         "batch": (273, 15),
-        "model": {
-            "d_model": 256,
-            "num_heads": 4,
-            "num_encoder_layers": 3,
-            "num_decoder_layers": 3,
-            "ffn_dim": 1024,
-            "share_embeddings": "all",
-        },
+        "model": {**_ISSUE_11, "share_embeddings": "all"},
     },
     "seq2seq_8k_untied": {
         "type": "seq2seq",
         "vocab": 8000,
         "batch": (273, 15),
-        "model": {
-            "d_model": 256,
-            "num_heads": 4,
-            "num_encoder_layers": 3,
-            "num_decoder_layers": 3,
-            "ffn_dim": 1024,
-            "share_embeddings": "none",
-        },
+        "model": {**_ISSUE_11, "share_embeddings": "none"},
     },
 }
 REAL_SIZE_CASES = ("seq2seq_32k", "decoder_lm_32k", "classifier_32k")
@@ -281,18 +274,10 @@ def measure_train(name: str, steps: int = 2, overrides=()) -> dict:
 
 def isolated(function: str, *args) -> dict:
     """`function(*args)` of this module in a fresh Python process; its result dict."""
-    code = (
-        "import json, sys\n"
-        "from kerastx import bench_memory\n"
-        f"row = bench_memory.{function}(*{args!r})\n"
-        "sys.stdout.write('KERASTX_ROW ' + json.dumps(row, default=float) + '\\n')\n"
-    )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
-    for line in proc.stdout.splitlines():
-        if line.startswith("KERASTX_ROW "):
-            return json.loads(line[len("KERASTX_ROW ") :])
-    tail = "\n".join(proc.stderr.splitlines()[-20:])
-    raise RuntimeError(f"{function}{args} failed (exit {proc.returncode}):\n{tail}")
+    from kerastx.bench import run_isolated
+
+    call = f"{function}({', '.join(repr(a) for a in args)})"
+    return run_isolated("bench_memory", call, call)
 
 
 def _nbytes(structure) -> int:
