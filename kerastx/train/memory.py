@@ -7,7 +7,7 @@ variables and the batch shape:
            + max(backward phase: activations + logits + one gradient copy,
                  update phase:   two gradient copies + Adam's temporaries)
 
-- `parameters`: the model's variables (float32); `optimizer`: the optimizer's variables
+- `parameters`: the model's variables (at their dtypes); `optimizer`: the optimizer's variables
   (read from the built optimizer); `weight_casts`: under mixed precision, one
   compute-dtype copy of the weights (the autocast reads the backward pass keeps);
 - `gradients`: one float32 copy of the trainable variables while the backward pass
@@ -41,6 +41,7 @@ fails them.
 from __future__ import annotations
 
 import math
+import os
 import re
 
 import numpy as np
@@ -51,6 +52,11 @@ POLICY_DTYPES = {"none": "float32", "bfloat16": "bfloat16", "float16": "float16"
 
 def _size(variables) -> int:
     return int(sum(math.prod(v.shape) for v in variables))
+
+
+def variable_bytes(variables) -> int:
+    """Bytes the variables hold, each at its own dtype."""
+    return int(sum(math.prod(v.shape) * np.dtype(v.dtype).itemsize for v in variables))
 
 
 def _attention(b, h, n_q, len_q, len_k, d, e, n_kv=None) -> float:
@@ -99,9 +105,9 @@ def estimate_step(model, batch_shapes: dict, optimizer=None, mixed_precision="no
     """
     e = _BYTES[POLICY_DTYPES[mixed_precision]]
     d, f, h = model.d_model, model.ffn_dim, model.num_heads
-    params = _size(model.variables) * 4
+    params = variable_bytes(model.variables)
     grads = _size(model.trainable_variables) * 4
-    opt = _size(optimizer.variables) * 4 if optimizer is not None else 2 * grads
+    opt = variable_bytes(optimizer.variables) if optimizer is not None else 2 * grads
     largest = max((math.prod(v.shape) for v in model.trainable_variables), default=0) * 4
     source, target = _sides(batch_shapes)
     activations = 0.0
@@ -149,15 +155,9 @@ def format_bytes(n: float) -> str:
 def machine_memory() -> int | None:
     """Physical memory of this machine in bytes (None where unknown)."""
     try:
-        return int(np.int64(_sysconf("SC_PAGE_SIZE")) * _sysconf("SC_PHYS_PAGES"))
-    except (ValueError, OSError, AttributeError):  # pragma: no cover
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - not POSIX
         return None
-
-
-def _sysconf(name: str) -> int:
-    import os
-
-    return os.sysconf(name)
 
 
 def batch_shapes_of(examples: int, length: int) -> dict:
@@ -246,10 +246,10 @@ def largest_batch(planner, position: tuple[int, int], count: int) -> tuple[int, 
     epoch, index = int(position[0]), int(position[1])
     best = None
     left = int(count)
-    for _ in range(1000):  # epochs; a stream of empty epochs is refused by the planner
-        if left <= 0:
-            break
+    while left > 0:
         _, sizes, lengths, _ = planner.plan(epoch, skip=index)
+        if not len(sizes) and index == 0:
+            break  # an empty epoch: no batch to name
         take = min(left, len(sizes))
         for size, length in zip(sizes[:take], lengths[:take]):
             if best is None or size * length > best[0] * best[1]:
