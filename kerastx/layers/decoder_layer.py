@@ -34,10 +34,15 @@ class DecoderLayer(TransformerLayerBase):
         cache: dict from `init_cache` (after earlier updates), or None.
         cache_index: int or scalar int tensor. Position of `inputs`' first step; needed
             with `cache`.
+        return_attention_scores: bool. Also return the attention probabilities (as
+            `keras.layers.MultiHeadAttention` does); not with a cache. Defaults to False.
         training: bool. Enables dropout.
 
     Returns:
-        `outputs (B, T, D)`, or `(outputs, cache)` when a cache is given.
+        `outputs (B, T, D)`; `(outputs, cache)` when a cache is given; with
+        `return_attention_scores`, `(outputs, scores)`: `scores["self_attention"]`
+        `(B, N, T, T)` and, with cross-attention, `scores["cross_attention"]`
+        `(B, N, T, S)`, in the compute dtype (zero on blocked keys).
 
     Example:
 
@@ -112,10 +117,13 @@ class DecoderLayer(TransformerLayerBase):
         memory_mask=None,
         cache=None,
         cache_index=None,
+        return_attention_scores=False,
         training=None,
     ):
         if cache is not None and cache_index is None:
             raise ValueError("cache_index is required with a cache.")
+        if cache is not None and return_attention_scores:
+            raise ValueError("return_attention_scores is not supported with a cache.")
         if self.use_cross_attention and memory is None and cache is None:
             raise ValueError("memory is required when use_cross_attention=True.")
 
@@ -125,7 +133,13 @@ class DecoderLayer(TransformerLayerBase):
             )  # (B, T, T)
 
             def self_block(y):
-                return self._self_attention(y, y, attention_mask=self_mask, training=training)
+                return self._self_attention(
+                    y,
+                    y,
+                    attention_mask=self_mask,
+                    return_attention_scores=return_attention_scores,
+                    training=training,
+                )
         else:
 
             def self_block(y):
@@ -142,10 +156,12 @@ class DecoderLayer(TransformerLayerBase):
         x, extra = self._residual(
             inputs, self._self_attention_norm, self._self_attention_dropout, self_block, training
         )
-        new_cache = None
+        new_cache, scores = None, {}
         if cache is not None:
             new_cache = dict(cache)
             new_cache["self_key"], new_cache["self_value"] = extra[0]["key"], extra[0]["value"]
+        elif return_attention_scores:
+            scores["self_attention"] = extra[0]  # (B, N, T, T)
 
         if self.use_cross_attention:
             cross_mask = None
@@ -158,17 +174,24 @@ class DecoderLayer(TransformerLayerBase):
 
             def cross_block(y):
                 output = self._cross_attention(
-                    y, memory, attention_mask=cross_mask, cache=static, training=training
+                    y,
+                    memory,
+                    attention_mask=cross_mask,
+                    cache=static,
+                    return_attention_scores=return_attention_scores,
+                    training=training,
                 )
                 return output[0] if static is not None else output
 
-            x, _ = self._residual(
+            x, extra = self._residual(
                 x,
                 self._cross_attention_norm,
                 self._cross_attention_dropout,
                 cross_block,
                 training,
             )
+            if return_attention_scores:
+                scores["cross_attention"] = extra[0]  # (B, N, T, S)
 
         x, _ = self._residual(
             x,
@@ -179,6 +202,8 @@ class DecoderLayer(TransformerLayerBase):
         )
         if cache is not None:
             return x, new_cache  # (B, T, D), cache
+        if return_attention_scores:
+            return x, scores  # (B, T, D), {name: (B, N, T, S)}
         return x  # (B, T, D)
 
     def get_config(self):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import keras
@@ -20,12 +21,43 @@ POSITION_ENCODINGS = ("sinusoidal", "learned", "rope")
 class TransformerModelBase(keras.Model):
     """Checks and stores the `model:` options shared by every kerastx model.
 
-    Subclasses add their own arguments, create their sublayers in `build()` with the
-    `_make_*` helpers and call `_embed` / `_condition_vector`.
+    The shared arguments and their defaults are declared here once; each model declares
+    only its own (layer counts, tying, pooling) and passes the rest on with `**kwargs`.
+    `SHARED_ARGUMENTS` lists them in order. Subclasses create their sublayers in
+    `build()` with the `_make_*` helpers and call `_embed` / `_condition_vector`.
+
+    Args:
+        d_model: int. Model width `D`. Defaults to 512.
+        num_heads: int. Attention heads; must divide `d_model`. Defaults to 8.
+        ffn_dim: int. Feed-forward inner width. Defaults to 2048.
+        activation: str. `"relu"`, `"gelu"` or `"swiglu"`. Defaults to `"relu"`.
+        dropout: float. Residual and embedding dropout. Defaults to 0.1.
+        attention_dropout: float. Dropout on attention probabilities. Defaults to 0.
+        norm: str. `"layernorm"` or `"rmsnorm"`. Defaults to `"layernorm"`.
+        norm_position: str. `"pre"` or `"post"`. Defaults to `"pre"`.
+        norm_epsilon: float. Defaults to 1e-6.
+        position_encoding: str. `"sinusoidal"`, `"learned"` or `"rope"`. Defaults to
+            `"sinusoidal"`.
+        max_length: int. Positions in a learned table; longest cache for learned
+            positions. Defaults to 1024.
+        scale_embeddings: bool. Multiply embeddings by `sqrt(d_model)`. Defaults to True.
+        num_experts: int. 0 = dense feed-forward; >= 2 = mixture of experts in every
+            `moe_every`-th layer of each stack. Defaults to 0.
+        experts_top_k: int. Experts per token. Defaults to 2.
+        expert_capacity_factor: float. Defaults to 1.25.
+        moe_every: int. MoE in layers `moe_every - 1, 2 moe_every - 1, ...`. Defaults to 2.
+        moe_aux_loss_weight: float. Load-balancing loss weight. Defaults to 0.01.
+        moe_z_loss_weight: float. Router z-loss weight. Defaults to 0.001.
+        num_conditions: int. > 0: the condition is an int id in `[0, num_conditions)`.
+            Defaults to 0.
+        condition_dim: int. > 0: the condition is a float vector `(B, condition_dim)`.
+            Defaults to 0. At most one of the two is > 0.
+        **kwargs: standard `keras.Model` arguments (`name`, `dtype`).
     """
 
     def __init__(
         self,
+        *,
         d_model=512,
         num_heads=8,
         ffn_dim=2048,
@@ -48,101 +80,30 @@ class TransformerModelBase(keras.Model):
         condition_dim=0,
         **kwargs,
     ):
-        _common.check_int("d_model", d_model)
-        _common.check_int("num_heads", num_heads)
-        if d_model % num_heads:
-            raise ValueError(
-                "d_model must be divisible by num_heads. "
-                f"Received: d_model={d_model}, num_heads={num_heads}"
-            )
-        _common.check_choice("position_encoding", position_encoding, POSITION_ENCODINGS)
-        if position_encoding == "sinusoidal" and d_model % 2:
-            raise ValueError(
-                f"sinusoidal positions need an even d_model. Received: d_model={d_model}"
-            )
-        if position_encoding == "rope" and (d_model // num_heads) % 2:
-            raise ValueError(
-                "rope positions need an even head width d_model / num_heads. "
-                f"Received: d_model={d_model}, num_heads={num_heads}"
-            )
-        _common.check_int("ffn_dim", ffn_dim)
-        _common.check_choice("activation", activation, ACTIVATIONS)
-        _common.check_rate("dropout", dropout)
-        _common.check_rate("attention_dropout", attention_dropout)
-        _common.check_choice("norm", norm, _common.NORMS)
-        _common.check_choice("norm_position", norm_position, _common.NORM_POSITIONS)
-        _common.check_number("norm_epsilon", norm_epsilon, strict=True)
-        _common.check_int("max_length", max_length)
-        _common.check_bool("scale_embeddings", scale_embeddings)
-        _common.check_int("num_experts", num_experts, low=0)
-        if num_experts == 1:
-            raise ValueError(
-                "num_experts must be 0 (dense feed-forward) or >= 2. Received: num_experts=1"
-            )
-        _common.check_int("experts_top_k", experts_top_k)
-        if num_experts and experts_top_k > num_experts:
-            raise ValueError(
-                "experts_top_k must not exceed num_experts. Received: "
-                f"experts_top_k={experts_top_k}, num_experts={num_experts}"
-            )
-        _common.check_number("expert_capacity_factor", expert_capacity_factor, strict=True)
-        _common.check_int("moe_every", moe_every)
-        _common.check_number("moe_aux_loss_weight", moe_aux_loss_weight)
-        _common.check_number("moe_z_loss_weight", moe_z_loss_weight)
-        _common.check_int("num_conditions", num_conditions, low=0)
-        _common.check_int("condition_dim", condition_dim, low=0)
-        if num_conditions and condition_dim:
-            raise ValueError(
-                "At most one of num_conditions and condition_dim may be > 0. "
-                f"Received: num_conditions={num_conditions}, condition_dim={condition_dim}"
-            )
+        arguments = locals()
+        shared = {name: arguments[name] for name in SHARED_ARGUMENTS}
+        _check_width(d_model, num_heads)
+        _check_embeddings(d_model, num_heads, position_encoding, max_length, scale_embeddings)
+        _check_blocks(
+            ffn_dim, activation, dropout, attention_dropout, norm, norm_position, norm_epsilon
+        )
+        _check_experts(
+            num_experts,
+            experts_top_k,
+            expert_capacity_factor,
+            moe_every,
+            moe_aux_loss_weight,
+            moe_z_loss_weight,
+        )
+        _check_conditions(num_conditions, condition_dim)
         super().__init__(**kwargs)
-        self.d_model = d_model
-        self.num_heads = num_heads
-        self.ffn_dim = ffn_dim
-        self.activation = activation
-        self.dropout = dropout
-        self.attention_dropout = attention_dropout
-        self.norm = norm
-        self.norm_position = norm_position
-        self.norm_epsilon = norm_epsilon
-        self.position_encoding = position_encoding
-        self.max_length = max_length
-        self.scale_embeddings = scale_embeddings
-        self.num_experts = num_experts
-        self.experts_top_k = experts_top_k
-        self.expert_capacity_factor = expert_capacity_factor
-        self.moe_every = moe_every
-        self.moe_aux_loss_weight = moe_aux_loss_weight
-        self.moe_z_loss_weight = moe_z_loss_weight
-        self.num_conditions = num_conditions
-        self.condition_dim = condition_dim
+        for name, value in shared.items():
+            setattr(self, name, value)  # self.d_model, self.num_heads, ...
 
     # -- configuration -------------------------------------------------------------------
 
     def _base_config(self):
-        return {
-            "d_model": self.d_model,
-            "num_heads": self.num_heads,
-            "ffn_dim": self.ffn_dim,
-            "activation": self.activation,
-            "dropout": self.dropout,
-            "attention_dropout": self.attention_dropout,
-            "norm": self.norm,
-            "norm_position": self.norm_position,
-            "norm_epsilon": self.norm_epsilon,
-            "position_encoding": self.position_encoding,
-            "max_length": self.max_length,
-            "scale_embeddings": self.scale_embeddings,
-            "num_experts": self.num_experts,
-            "experts_top_k": self.experts_top_k,
-            "expert_capacity_factor": self.expert_capacity_factor,
-            "moe_every": self.moe_every,
-            "moe_aux_loss_weight": self.moe_aux_loss_weight,
-            "moe_z_loss_weight": self.moe_z_loss_weight,
-            "num_conditions": self.num_conditions,
-            "condition_dim": self.condition_dim,
-        }
+        return {name: getattr(self, name) for name in SHARED_ARGUMENTS}
 
     def get_build_config(self):
         # The sublayers depend on the constructor arguments only, not on input shapes.
@@ -178,6 +139,15 @@ class TransformerModelBase(keras.Model):
             "moe_z_loss_weight": self.moe_z_loss_weight,
             "dtype": self.dtype_policy,
         }
+
+    def _make_layers(self, layer_class, count, prefix, *build_shapes, **options):
+        """`count` built encoder or decoder layers named `{prefix}_{i}`, in order."""
+        layers = []
+        for i in range(count):
+            layer = layer_class(**self._layer_kwargs(i), **options, name=f"{prefix}_{i}")
+            layer.build(*build_shapes)
+            layers.append(layer)
+        return layers
 
     def _make_positions(self, name):
         """Absolute position layer for one input side (None for RoPE)."""
@@ -298,3 +268,75 @@ class TransformerModelBase(keras.Model):
             "moe/tokens_routed": ops.sum(ops.stack(routed)),
             "moe/tokens_dropped": ops.sum(ops.stack(dropped)),
         }
+
+
+# The shared constructor arguments, in order (the keyword-only ones of the base).
+SHARED_ARGUMENTS = tuple(
+    name
+    for name, parameter in inspect.signature(TransformerModelBase.__init__).parameters.items()
+    if parameter.kind is parameter.KEYWORD_ONLY
+)
+
+
+# -- argument checks (pure; called by TransformerModelBase.__init__) ---------------------
+
+
+def _check_width(d_model, num_heads):
+    _common.check_int("d_model", d_model)
+    _common.check_int("num_heads", num_heads)
+    if d_model % num_heads:
+        raise ValueError(
+            "d_model must be divisible by num_heads. "
+            f"Received: d_model={d_model}, num_heads={num_heads}"
+        )
+
+
+def _check_embeddings(d_model, num_heads, position_encoding, max_length, scale_embeddings):
+    _common.check_choice("position_encoding", position_encoding, POSITION_ENCODINGS)
+    if position_encoding == "sinusoidal" and d_model % 2:
+        raise ValueError(f"sinusoidal positions need an even d_model. Received: d_model={d_model}")
+    if position_encoding == "rope" and (d_model // num_heads) % 2:
+        raise ValueError(
+            "rope positions need an even head width d_model / num_heads. "
+            f"Received: d_model={d_model}, num_heads={num_heads}"
+        )
+    _common.check_int("max_length", max_length)
+    _common.check_bool("scale_embeddings", scale_embeddings)
+
+
+def _check_blocks(ffn_dim, activation, dropout, attention_dropout, norm, norm_position, epsilon):
+    _common.check_int("ffn_dim", ffn_dim)
+    _common.check_choice("activation", activation, ACTIVATIONS)
+    _common.check_rate("dropout", dropout)
+    _common.check_rate("attention_dropout", attention_dropout)
+    _common.check_choice("norm", norm, _common.NORMS)
+    _common.check_choice("norm_position", norm_position, _common.NORM_POSITIONS)
+    _common.check_number("norm_epsilon", epsilon, strict=True)
+
+
+def _check_experts(num_experts, top_k, capacity_factor, moe_every, aux_weight, z_weight):
+    _common.check_int("num_experts", num_experts, low=0)
+    if num_experts == 1:
+        raise ValueError(
+            "num_experts must be 0 (dense feed-forward) or >= 2. Received: num_experts=1"
+        )
+    _common.check_int("experts_top_k", top_k)
+    if num_experts and top_k > num_experts:
+        raise ValueError(
+            "experts_top_k must not exceed num_experts. Received: "
+            f"experts_top_k={top_k}, num_experts={num_experts}"
+        )
+    _common.check_number("expert_capacity_factor", capacity_factor, strict=True)
+    _common.check_int("moe_every", moe_every)
+    _common.check_number("moe_aux_loss_weight", aux_weight)
+    _common.check_number("moe_z_loss_weight", z_weight)
+
+
+def _check_conditions(num_conditions, condition_dim):
+    _common.check_int("num_conditions", num_conditions, low=0)
+    _common.check_int("condition_dim", condition_dim, low=0)
+    if num_conditions and condition_dim:
+        raise ValueError(
+            "At most one of num_conditions and condition_dim may be > 0. "
+            f"Received: num_conditions={num_conditions}, condition_dim={condition_dim}"
+        )

@@ -26,7 +26,9 @@ class DecoderLM(_base.TransformerModelBase):
         num_layers: int. Decoder layers. Defaults to 6.
         tie_embeddings: bool. Tie the input embedding and the output projection.
             Defaults to True.
-        (the others): as in `Seq2SeqTransformer`.
+        **kwargs: the arguments shared by every kerastx model (`d_model`, `num_heads`,
+            `ffn_dim`, ...; see `Seq2SeqTransformer`), and `keras.Model`'s `name`,
+            `dtype`.
 
     Call arguments:
         inputs: dict with `"token_ids"` `(B, T)` int32 (0 = padding) and, with a
@@ -44,59 +46,11 @@ class DecoderLM(_base.TransformerModelBase):
     >>> logits, cache = model.decode_step(ids[:, 0], cache, 0)  # (B, 100)
     """
 
-    def __init__(
-        self,
-        vocab_size,
-        d_model=512,
-        num_heads=8,
-        num_layers=6,
-        ffn_dim=2048,
-        activation="relu",
-        dropout=0.1,
-        attention_dropout=0.0,
-        norm="layernorm",
-        norm_position="pre",
-        norm_epsilon=1e-6,
-        position_encoding="sinusoidal",
-        max_length=1024,
-        scale_embeddings=True,
-        num_experts=0,
-        experts_top_k=2,
-        expert_capacity_factor=1.25,
-        moe_every=2,
-        moe_aux_loss_weight=0.01,
-        moe_z_loss_weight=0.001,
-        num_conditions=0,
-        condition_dim=0,
-        tie_embeddings=True,
-        **kwargs,
-    ):
+    def __init__(self, vocab_size, *, num_layers=6, tie_embeddings=True, **kwargs):
         _common.check_int("vocab_size", vocab_size)
         _common.check_int("num_layers", num_layers)
         _common.check_bool("tie_embeddings", tie_embeddings)
-        super().__init__(
-            d_model=d_model,
-            num_heads=num_heads,
-            ffn_dim=ffn_dim,
-            activation=activation,
-            dropout=dropout,
-            attention_dropout=attention_dropout,
-            norm=norm,
-            norm_position=norm_position,
-            norm_epsilon=norm_epsilon,
-            position_encoding=position_encoding,
-            max_length=max_length,
-            scale_embeddings=scale_embeddings,
-            num_experts=num_experts,
-            experts_top_k=experts_top_k,
-            expert_capacity_factor=expert_capacity_factor,
-            moe_every=moe_every,
-            moe_aux_loss_weight=moe_aux_loss_weight,
-            moe_z_loss_weight=moe_z_loss_weight,
-            num_conditions=num_conditions,
-            condition_dim=condition_dim,
-            **kwargs,
-        )
+        super().__init__(**kwargs)
         self.vocab_size = vocab_size
         self.num_layers = num_layers
         self.tie_embeddings = tie_embeddings
@@ -113,14 +67,13 @@ class DecoderLM(_base.TransformerModelBase):
         self.positions = self._make_positions("positions")
         self.embedding_dropout = self._make_dropout("embedding_dropout")
         self._condition = self._make_condition()
-        shape = (None, None, self.d_model)
-        self.decoder_layers = []
-        for i in range(self.num_layers):
-            layer = DecoderLayer(
-                **self._layer_kwargs(i), use_cross_attention=False, name=f"decoder_layer_{i}"
-            )
-            layer.build(shape)
-            self.decoder_layers.append(layer)
+        self.decoder_layers = self._make_layers(
+            DecoderLayer,
+            self.num_layers,
+            "decoder_layer",
+            (None, None, self.d_model),
+            use_cross_attention=False,
+        )
         self.final_norm = self._make_final_norm("final_norm")
         self.built = True
 

@@ -42,37 +42,19 @@ class Seq2SeqTransformer(_base.TransformerModelBase):
     Args:
         source_vocab_size: int. Source vocabulary size `V_s` (from the data).
         target_vocab_size: int. Target vocabulary size `V_t` (from the data).
-        d_model: int. Model width `D`. Defaults to 512.
-        num_heads: int. Attention heads; must divide `d_model`. Defaults to 8.
         num_encoder_layers: int. Defaults to 6.
         num_decoder_layers: int. Defaults to 6.
-        ffn_dim: int. Feed-forward inner width. Defaults to 2048.
-        activation: str. `"relu"`, `"gelu"` or `"swiglu"`. Defaults to `"relu"`.
-        dropout: float. Residual and embedding dropout. Defaults to 0.1.
-        attention_dropout: float. Dropout on attention probabilities. Defaults to 0.
-        norm: str. `"layernorm"` or `"rmsnorm"`. Defaults to `"layernorm"`.
-        norm_position: str. `"pre"` or `"post"`. Defaults to `"pre"`.
-        norm_epsilon: float. Defaults to 1e-6.
-        position_encoding: str. `"sinusoidal"`, `"learned"` or `"rope"`. Defaults to
-            `"sinusoidal"`.
-        max_length: int. Positions in a learned table; longest cache for learned
-            positions. Defaults to 1024.
         share_embeddings: str. `"none"`, `"target_output"` (decoder input embedding tied
             with the output projection) or `"all"` (source, target and output; needs equal
             vocabulary sizes). Defaults to `"none"`.
-        scale_embeddings: bool. Multiply embeddings by `sqrt(d_model)`. Defaults to True.
-        num_experts: int. 0 = dense feed-forward; >= 2 = mixture of experts in every
-            `moe_every`-th layer of both stacks. Defaults to 0.
-        experts_top_k: int. Experts per token. Defaults to 2.
-        expert_capacity_factor: float. Defaults to 1.25.
-        moe_every: int. MoE in layers `moe_every - 1, 2 moe_every - 1, ...`. Defaults to 2.
-        moe_aux_loss_weight: float. Load-balancing loss weight. Defaults to 0.01.
-        moe_z_loss_weight: float. Router z-loss weight. Defaults to 0.001.
-        num_conditions: int. > 0: the condition is an int id in `[0, num_conditions)`.
-            Defaults to 0.
-        condition_dim: int. > 0: the condition is a float vector `(B, condition_dim)`.
-            Defaults to 0. At most one of the two is > 0.
-        **kwargs: standard `keras.Model` arguments (`name`, `dtype`).
+        **kwargs: the arguments shared by every kerastx model (`d_model`, `num_heads`,
+            `ffn_dim`, `activation`, `dropout`, `attention_dropout`, `norm`,
+            `norm_position`, `norm_epsilon`, `position_encoding`, `max_length`,
+            `scale_embeddings`, the MoE options `num_experts`, `experts_top_k`,
+            `expert_capacity_factor`, `moe_every`, `moe_aux_loss_weight`,
+            `moe_z_loss_weight`, and the condition's `num_conditions`, `condition_dim`),
+            documented with their defaults in `kerastx.models._base.TransformerModelBase`;
+            and the standard `keras.Model` arguments (`name`, `dtype`).
 
     Call arguments:
         inputs: dict with `"source_ids"` `(B, S)`, `"target_in_ids"` `(B, T)` int32 and,
@@ -96,29 +78,10 @@ class Seq2SeqTransformer(_base.TransformerModelBase):
         self,
         source_vocab_size,
         target_vocab_size,
-        d_model=512,
-        num_heads=8,
+        *,
         num_encoder_layers=6,
         num_decoder_layers=6,
-        ffn_dim=2048,
-        activation="relu",
-        dropout=0.1,
-        attention_dropout=0.0,
-        norm="layernorm",
-        norm_position="pre",
-        norm_epsilon=1e-6,
-        position_encoding="sinusoidal",
-        max_length=1024,
         share_embeddings="none",
-        scale_embeddings=True,
-        num_experts=0,
-        experts_top_k=2,
-        expert_capacity_factor=1.25,
-        moe_every=2,
-        moe_aux_loss_weight=0.01,
-        moe_z_loss_weight=0.001,
-        num_conditions=0,
-        condition_dim=0,
         **kwargs,
     ):
         _common.check_int("source_vocab_size", source_vocab_size)
@@ -131,29 +94,7 @@ class Seq2SeqTransformer(_base.TransformerModelBase):
                 "share_embeddings='all' needs equal vocabulary sizes. Received: "
                 f"source_vocab_size={source_vocab_size}, target_vocab_size={target_vocab_size}"
             )
-        super().__init__(
-            d_model=d_model,
-            num_heads=num_heads,
-            ffn_dim=ffn_dim,
-            activation=activation,
-            dropout=dropout,
-            attention_dropout=attention_dropout,
-            norm=norm,
-            norm_position=norm_position,
-            norm_epsilon=norm_epsilon,
-            position_encoding=position_encoding,
-            max_length=max_length,
-            scale_embeddings=scale_embeddings,
-            num_experts=num_experts,
-            experts_top_k=experts_top_k,
-            expert_capacity_factor=expert_capacity_factor,
-            moe_every=moe_every,
-            moe_aux_loss_weight=moe_aux_loss_weight,
-            moe_z_loss_weight=moe_z_loss_weight,
-            num_conditions=num_conditions,
-            condition_dim=condition_dim,
-            **kwargs,
-        )
+        super().__init__(**kwargs)
         self.source_vocab_size = source_vocab_size
         self.target_vocab_size = target_vocab_size
         self.num_encoder_layers = num_encoder_layers
@@ -187,16 +128,12 @@ class Seq2SeqTransformer(_base.TransformerModelBase):
         self.target_dropout = self._make_dropout("target_dropout")
         self._condition = self._make_condition()
         shape = (None, None, d)
-        self.encoder_layers = []
-        for i in range(self.num_encoder_layers):
-            layer = EncoderLayer(**self._layer_kwargs(i), name=f"encoder_layer_{i}")
-            layer.build(shape)
-            self.encoder_layers.append(layer)
-        self.decoder_layers = []
-        for i in range(self.num_decoder_layers):
-            layer = DecoderLayer(**self._layer_kwargs(i), name=f"decoder_layer_{i}")
-            layer.build(shape, shape)
-            self.decoder_layers.append(layer)
+        self.encoder_layers = self._make_layers(
+            EncoderLayer, self.num_encoder_layers, "encoder_layer", shape
+        )
+        self.decoder_layers = self._make_layers(
+            DecoderLayer, self.num_decoder_layers, "decoder_layer", shape, shape
+        )
         self.encoder_norm = self._make_final_norm("encoder_norm")
         self.decoder_norm = self._make_final_norm("decoder_norm")
         self.built = True
@@ -241,7 +178,14 @@ class Seq2SeqTransformer(_base.TransformerModelBase):
             state["condition"] = self._condition_vector(condition)
         return state
 
-    def decode(self, target_in_ids, encoder_state, condition=None, training=False):
+    def decode(
+        self,
+        target_in_ids,
+        encoder_state,
+        condition=None,
+        training=False,
+        return_attention_scores=False,
+    ):
         """Full (teacher-forced, causal) decoder pass over a target prefix.
 
         Args:
@@ -249,9 +193,14 @@ class Seq2SeqTransformer(_base.TransformerModelBase):
             encoder_state: dict from `encode`.
             condition: the condition, or None to use `encoder_state["condition"]`.
             training: bool. Enables dropout.
+            return_attention_scores: bool. Also return every decoder layer's attention
+                probabilities (see `DecoderLayer`). Defaults to False.
 
         Returns:
-            float32 logits `(B, T, V_t)`.
+            float32 logits `(B, T, V_t)`; with `return_attention_scores`, `(logits,
+            scores)`, `scores` a list with one dict per decoder layer:
+            `"self_attention"` `(B, N, T, T)`, `"cross_attention"` `(B, N, T, S)`
+            (compute dtype).
         """
         self._ensure_built()
         condition = self._state_condition(encoder_state, condition)
@@ -265,11 +214,51 @@ class Seq2SeqTransformer(_base.TransformerModelBase):
             training=training,
         )
         memory, memory_mask = encoder_state["memory"], encoder_state["memory_mask"]
+        scores = []
         for layer in self.decoder_layers:
-            x = layer(x, memory, padding_mask=padding, memory_mask=memory_mask, training=training)
+            x = layer(
+                x,
+                memory,
+                padding_mask=padding,
+                memory_mask=memory_mask,
+                return_attention_scores=return_attention_scores,
+                training=training,
+            )
+            if return_attention_scores:
+                x, layer_scores = x
+                scores.append(layer_scores)
         if self.decoder_norm is not None:
             x = self.decoder_norm(x)
-        return self.target_embedding(x, reverse=True)  # (B, T, V) float32
+        logits = self.target_embedding(x, reverse=True)  # (B, T, V) float32
+        return (logits, scores) if return_attention_scores else logits
+
+    def cross_attention_weights(self, inputs, layer=-1):
+        """Cross-attention probabilities of one decoder layer in a teacher-forced pass.
+
+        Runs the model as `call(inputs, training=False)` does and returns what the
+        layer's cross-attention computed (before attention dropout, which is off).
+
+        Args:
+            inputs: dict as for `call`: `"source_ids"` `(B, S)`, `"target_in_ids"`
+                `(B, T)` and, with a condition, `"condition"`.
+            layer: int. Index of the decoder layer; negative counts from the end.
+                Defaults to -1 (the last).
+
+        Returns:
+            float32 tensor `(B, N, T, S)` (`N = num_heads`): per head, each target
+            position's distribution over the source positions; rows sum to 1 over the
+            real source tokens, and padded sources get 0.
+        """
+        index = range(self.num_decoder_layers)[layer]  # IndexError names a bad layer
+        state = self.encode(inputs["source_ids"], training=False)
+        _, scores = self.decode(
+            inputs["target_in_ids"],
+            state,
+            condition=inputs.get("condition"),
+            return_attention_scores=True,
+            training=False,
+        )
+        return ops.cast(scores[index]["cross_attention"], "float32")  # (B, N, T, S)
 
     def init_cache(self, encoder_state, max_length, condition=None):
         """Builds the decoding cache for one batch of sources.
