@@ -1,12 +1,74 @@
-"""Beam search with the GNMT length penalty and n-best output."""
+"""Beam search with the GNMT length penalty and n-best output.
+
+The search is one `tf.while_loop` over a `_BeamState`. Each iteration (`_step`) runs
+the steps of the algorithm in order: score every one-token extension of the alive
+hypotheses (`_log_probs`, `_force_prefix`), keep the `2K` best (`_top_candidates`),
+choose the next alive beams (`_select_alive`), merge the new finished hypotheses into
+the pool (`_merge_finished`), leave stopped examples as they were (`_keep_stopped`,
+`_reorder_cache`) and apply the stopping bound (`_stopped`). `_nbest` reads the result
+from the final pool.
+"""
 
 from __future__ import annotations
 
-import numpy as np
+from typing import Any, NamedTuple
+
 import tensorflow as tf
 
 from kerastx.decoding import _common
 from kerastx.decoding.decode_result import DecodeResult
+
+# A Python float: each op converts it to the float32 of its other operand, so one name
+# serves eager, graph and XLA code without a module-level tensor.
+_NEG_INF = float("-inf")
+
+
+class _Finished(NamedTuple):
+    """The pool of the `K` best finished hypotheses of every example, best first.
+
+    A slot that holds no hypothesis has `valid` False and scores `-inf`.
+    """
+
+    ids: tf.Tensor  # (B, K, T) int32
+    normalized_scores: tf.Tensor  # (B, K) float32: the GNMT ranking score
+    scores: tf.Tensor  # (B, K) float32: sum of token log-probabilities
+    lengths: tf.Tensor  # (B, K) int32: output positions, EOS and prefix included
+    valid: tf.Tensor  # (B, K) bool
+
+
+class _BeamState(NamedTuple):
+    """The `tf.while_loop` state: a nest, so every field is read by name."""
+
+    index: tf.Tensor  # () int32: the output position this iteration decides
+    tokens: tf.Tensor  # (B*K,) int32: the tokens fed to next_fn at `index`
+    cache: Any  # nest of (B*K, ...) tensors; row b * K + k is beam k of example b
+    alive_ids: tf.Tensor  # (B, K, T) int32: hypotheses without EOS
+    alive_scores: tf.Tensor  # (B, K) float32, best first; -inf for an empty beam
+    finished: _Finished
+    done: tf.Tensor  # (B,) bool: the example has stopped
+
+
+class _Settings(NamedTuple):
+    """What every step reads and none changes."""
+
+    batch_size: int | tf.Tensor  # B
+    beam_size: int | tf.Tensor  # K
+    num_return: int | tf.Tensor  # N
+    alpha: float | tf.Tensor  # GNMT length-penalty exponent
+    max_lengths: tf.Tensor  # (B,) int32
+    prefix_ids: tf.Tensor  # (B, P + 1) int32
+    prefix_lengths: tf.Tensor  # (B,) int32
+    eos_id: int
+    pad_id: int
+
+
+class _Candidates(NamedTuple):
+    """The `2K` best one-token extensions of the alive hypotheses, best first."""
+
+    scores: tf.Tensor  # (B, 2K) float32: summed log-probabilities
+    beams: tf.Tensor  # (B, 2K) int32: the alive beam each one extends
+    tokens: tf.Tensor  # (B, 2K) int32: the token it adds
+    ids: tf.Tensor  # (B, 2K, T) int32: the extended hypothesis
 
 
 def beam_search(
@@ -110,6 +172,38 @@ def beam_search(
         pad_id=pad_id,
         static_shapes=static_shapes,
     )
+    k, n, alpha = _check_settings(beam_size, num_return, length_penalty, static_shapes)
+    settings = _Settings(
+        batch_size=inputs.batch_size,
+        beam_size=k,
+        num_return=n,
+        alpha=alpha,
+        max_lengths=inputs.max_lengths,
+        prefix_ids=inputs.prefix_ids,
+        prefix_lengths=inputs.prefix_lengths,
+        eos_id=eos_id,
+        pad_id=pad_id,
+    )
+    cond = _loop_condition(inputs.max_length, inputs.max_lengths, static_shapes, early_exit)
+
+    def body(state):
+        return (_step(next_fn, state, settings),)
+
+    state = _initial_state(inputs.start_ids, cache, inputs.max_length, settings)
+    # A 1-tuple: given the NamedTuple itself, tf.while_loop would unpack its fields
+    # into positional arguments of `cond` and `body`.
+    (final,) = tf.while_loop(
+        cond, body, (state,), maximum_iterations=inputs.max_length if static_shapes else None
+    )
+    return _nbest(final.finished, n, pad_id, static_shapes)
+
+
+def _check_settings(beam_size, num_return, length_penalty, static_shapes):
+    """Checks `K >= 1`, `1 <= N <= K` and the penalty; returns `(K, N, alpha)`.
+
+    Each is a Python number or a scalar tensor; a bound that involves a tensor is a
+    runtime assertion.
+    """
     k = _common.scalar_int("beam_size", beam_size, 1, static_shapes=static_shapes)
     n = _common.scalar_int(
         "num_return",
@@ -121,131 +215,232 @@ def beam_search(
     if not (_common.is_static(k) and _common.is_static(n)):
         tf.debugging.assert_less_equal(n, k, message="num_return must be <= beam_size")
     alpha = _common.scalar_float("length_penalty", length_penalty)
-    b, t = inputs.batch_size, inputs.max_length
-    max_lengths, prefix_ids, prefix_lengths = (
-        inputs.max_lengths,
-        inputs.prefix_ids,
-        inputs.prefix_lengths,
-    )
-    neg_inf = tf.constant(-np.inf, tf.float32)
+    return k, n, alpha
 
-    def body(*state):
-        index, tokens, cache, alive_seq, alive_logp = state[:5]
-        fin_seq, fin_norm, fin_logp, fin_len, fin_valid, done = state[5:]
-        logits, cache = next_fn(tokens, cache, index)  # (B*K, V)
-        v = _common.dim(logits, 1)
-        if isinstance(v, int) and v < 2:
-            raise ValueError(f"beam_search needs a vocabulary of >= 2 tokens. Received V={v}")
-        log_probs = tf.reshape(tf.nn.log_softmax(tf.cast(logits, tf.float32)), [b, k, v])
-        # Forced positions: only the prompt token, with log-probability 0.
-        forced = index < prefix_lengths  # (B,)
-        forced_row = tf.where(
-            tf.range(v)[None, :] == _common.forced_tokens(prefix_ids, index)[:, None],
-            0.0,
-            neg_inf,
-        )  # (B, V)
-        log_probs = tf.where(forced[:, None, None], forced_row[:, None, :], log_probs)
 
-        # The 2K best extensions of the alive hypotheses.
-        candidates = tf.reshape(alive_logp[:, :, None] + log_probs, [b, k * v])  # (B, K*V)
-        top_logp, top_index = tf.math.top_k(candidates, k=2 * k)  # (B, 2K)
-        top_beam, top_token = top_index // v, top_index % v
-        top_seq = tf.gather(alive_seq, top_beam, batch_dims=1)  # (B, 2K, T)
-        top_seq = _common.write_column(top_seq, index, top_token)
-        is_eos = tf.equal(top_token, eos_id)
-        last_step = index + 1 >= max_lengths  # (B,)
+def _initial_state(start_ids, cache, max_length, s):
+    """The `_BeamState` before step 0: one hypothesis per example, no finished one.
 
-        # Alive: the K best extensions without EOS.
-        alive_score = tf.where(is_eos, neg_inf, top_logp)
-        new_alive_logp, pick = tf.math.top_k(alive_score, k=k)  # (B, K)
-        new_alive_seq = tf.gather(top_seq, pick, batch_dims=1)  # (B, K, T)
-        parent = tf.gather(top_beam, pick, batch_dims=1)  # (B, K)
-        new_tokens = tf.gather(top_token, pick, batch_dims=1)  # (B, K)
-
-        # Finished: extensions among the first K that end with EOS (or at the last step).
-        in_first_k = tf.range(2 * k)[None, :] < k  # (1, 2K)
-        finishing = (is_eos | last_step[:, None]) & in_first_k & (top_logp > neg_inf)
-        scored = index + 1 - tf.minimum(prefix_lengths, index + 1)  # (B,)
-        norm = tf.where(finishing, top_logp / _common.gnmt_penalty(scored, alpha)[:, None], neg_inf)
-        pool_norm, pool = tf.math.top_k(tf.concat([fin_norm, norm], 1), k=k)  # (B, K)
-
-        def from_pool(old, new):
-            return tf.gather(tf.concat([old, new], 1), pool, batch_dims=1)
-
-        new_fin_seq = from_pool(fin_seq, top_seq)
-        new_fin_logp = from_pool(fin_logp, tf.where(finishing, top_logp, neg_inf))
-        new_fin_len = from_pool(fin_len, tf.fill(tf.shape(top_token), index + 1))
-        new_fin_valid = from_pool(fin_valid, finishing)
-
-        # Examples that had stopped keep their state.
-        active = ~done  # (B,)
-
-        def select(new, old):
-            mask = tf.reshape(active, [-1] + [1] * (len(old.shape) - 1))
-            return tf.where(mask, new, old)
-
-        alive_seq, alive_logp = select(new_alive_seq, alive_seq), select(new_alive_logp, alive_logp)
-        fin_seq, fin_norm = select(new_fin_seq, fin_seq), select(pool_norm, fin_norm)
-        fin_logp, fin_len = select(new_fin_logp, fin_logp), select(new_fin_len, fin_len)
-        fin_valid = select(new_fin_valid, fin_valid)
-        parent = tf.where(active[:, None], parent, tf.range(k)[None, :])
-        rows = tf.reshape(tf.range(b)[:, None] * k + parent, [-1])  # (B*K,)
-        cache = tf.nest.map_structure(lambda x: tf.gather(x, rows, axis=0), cache)
-        tokens = tf.reshape(tf.where(active[:, None], new_tokens, pad_id), [-1])  # (B*K,)
-
-        # Stop an example once no alive hypothesis can beat its N-th finished one: future
-        # scores only fall, and the penalty is largest at the shortest or longest length.
-        next_scored = index + 2 - tf.minimum(prefix_lengths, index + 2)  # (B,)
-        max_scored = max_lengths - tf.minimum(prefix_lengths, max_lengths)  # (B,)
-        best_penalty = tf.maximum(
-            _common.gnmt_penalty(next_scored, alpha), _common.gnmt_penalty(max_scored, alpha)
-        )
-        bound = alive_logp[:, 0] / best_penalty  # (B,)
-        beaten = tf.gather(fin_valid, n - 1, axis=1) & (tf.gather(fin_norm, n - 1, axis=1) >= bound)
-        done = done | last_step | beaten
-        new_state = (index + 1, tokens, cache, alive_seq, alive_logp)
-        new_state += (fin_seq, fin_norm, fin_logp, fin_len, fin_valid, done)
-        return _common.keep_shapes(new_state, state)
-
-    if static_shapes and not early_exit:
-
-        def cond(index, *_):
-            return index < t
-
-    elif static_shapes:  # A data-dependent condition: XLA compiles it into its while loop.
-
-        def cond(index, *args):
-            return (index < t) & ~tf.reduce_all(args[-1])
-
-    else:
-
-        def cond(index, *args):
-            return (index < tf.reduce_max(max_lengths)) & ~tf.reduce_all(args[-1])
-
+    `start_ids (B,)` is fed to every beam, `cache` is tiled to `(B*K, ...)` rows and
+    the id buffers are `max_length` wide.
+    """
+    b, k = s.batch_size, s.beam_size
     cache = tf.nest.map_structure(lambda x: tf.repeat(x, k, axis=0), cache)  # (B*K, ...)
-    first_beam = tf.where(tf.range(k) == 0, 0.0, neg_inf)  # (K,): one hypothesis at start
-    state = (
-        tf.constant(0, tf.int32),
-        tf.repeat(inputs.start_ids, k),  # (B*K,)
-        cache,
-        tf.fill([b, k, t], tf.constant(pad_id, tf.int32)),  # alive_seq
-        tf.tile(first_beam[None, :], [b, 1]),  # alive_logp (B, K)
-        tf.fill([b, k, t], tf.constant(pad_id, tf.int32)),  # fin_seq
-        tf.fill([b, k], neg_inf),  # fin_norm
-        tf.fill([b, k], neg_inf),  # fin_logp
-        tf.zeros([b, k], tf.int32),  # fin_len
-        tf.zeros([b, k], tf.bool),  # fin_valid
-        tf.zeros([b], tf.bool),  # done
+    # Beams 1..K-1 start at -inf so that step 0 extends beam 0 only: K copies of the
+    # same start would fill the beam with duplicates.
+    first_beam = tf.where(tf.range(k) == 0, 0.0, _NEG_INF)  # (K,)
+    pad = tf.constant(s.pad_id, tf.int32)
+    return _BeamState(
+        index=tf.constant(0, tf.int32),
+        tokens=tf.repeat(start_ids, k),  # (B*K,)
+        cache=cache,
+        alive_ids=tf.fill([b, k, max_length], pad),
+        alive_scores=tf.tile(first_beam[None, :], [b, 1]),  # (B, K)
+        finished=_Finished(
+            ids=tf.fill([b, k, max_length], pad),
+            normalized_scores=tf.fill([b, k], _NEG_INF),
+            scores=tf.fill([b, k], _NEG_INF),
+            lengths=tf.zeros([b, k], tf.int32),
+            valid=tf.zeros([b, k], tf.bool),
+        ),
+        done=tf.zeros([b], tf.bool),
     )
-    final = tf.while_loop(cond, body, state, maximum_iterations=t if static_shapes else None)
-    fin_seq, fin_norm, fin_logp, fin_len, fin_valid = (x[:, :n] for x in final[5:10])
-    ids = tf.where(fin_valid[:, :, None], fin_seq, pad_id)  # (B, N, T)
-    lengths = tf.where(fin_valid, fin_len, 0)
+
+
+def _loop_condition(max_length, max_lengths, static_shapes, early_exit):
+    """The `tf.while_loop` condition `_BeamState -> bool` of the mode (see `beam_search`)."""
+    if static_shapes and not early_exit:
+        return lambda state: state.index < max_length
+    if static_shapes:  # A data-dependent condition: XLA compiles it into its while loop.
+        return lambda state: (state.index < max_length) & ~tf.reduce_all(state.done)
+    # Dynamic mode stops at the longest per-example bound even when T is larger.
+    return lambda state: (state.index < tf.reduce_max(max_lengths)) & ~tf.reduce_all(state.done)
+
+
+def _step(next_fn, state, s):
+    """One loop iteration: decides output position `state.index` of every beam.
+
+    Returns the next `_BeamState`, with the static shapes of `state`.
+    """
+    logits, cache = next_fn(state.tokens, state.cache, state.index)  # (B*K, V)
+    log_probs = _log_probs(logits, s.batch_size, s.beam_size)  # (B, K, V)
+    log_probs = _force_prefix(log_probs, state.index, s.prefix_ids, s.prefix_lengths)
+    candidates = _top_candidates(state.alive_ids, state.alive_scores, log_probs, state.index, s)
+    last_step = state.index + 1 >= s.max_lengths  # (B,)
+    alive_ids, alive_scores, parents, tokens = _select_alive(candidates, s)
+    finished = _merge_finished(state.finished, candidates, state.index, last_step, s)
+    alive_ids, alive_scores, finished = _keep_stopped(
+        state.done,
+        (alive_ids, alive_scores, finished),
+        (state.alive_ids, state.alive_scores, state.finished),
+    )
+    cache, tokens = _reorder_cache(cache, parents, tokens, state.done, s)
+    done = _stopped(alive_scores, finished, state.index, state.done | last_step, s)
+    new_state = _BeamState(
+        index=state.index + 1,
+        tokens=tokens,
+        cache=cache,
+        alive_ids=alive_ids,
+        alive_scores=alive_scores,
+        finished=finished,
+        done=done,
+    )
+    return _common.keep_shapes(new_state, state)
+
+
+def _log_probs(logits, b, k):
+    """Token log-probabilities `(B, K, V)` float32 from `next_fn` logits `(B*K, V)`.
+
+    Raises:
+        ValueError: a static vocabulary of fewer than 2 tokens (the search needs EOS
+            and at least one token that continues a hypothesis).
+    """
+    v = _common.dim(logits, 1)
+    if isinstance(v, int) and v < 2:
+        raise ValueError(f"beam_search needs a vocabulary of >= 2 tokens. Received V={v}")
+    return tf.reshape(tf.nn.log_softmax(tf.cast(logits, tf.float32)), [b, k, v])
+
+
+def _force_prefix(log_probs, index, prefix_ids, prefix_lengths):
+    """Makes the prompt token the only choice at forced positions, at no cost.
+
+    Rows `(B, K, V)` of examples still in their prefix become 0 at `prefix_ids[b,
+    index]` and `-inf` elsewhere, so every beam takes it and no score changes.
+    """
+    v = _common.dim(log_probs, 2)
+    forced = index < prefix_lengths  # (B,)
+    forced_row = tf.where(
+        tf.range(v)[None, :] == _common.forced_tokens(prefix_ids, index)[:, None],
+        0.0,
+        _NEG_INF,
+    )  # (B, V)
+    return tf.where(forced[:, None, None], forced_row[:, None, :], log_probs)
+
+
+def _top_candidates(alive_ids, alive_scores, log_probs, index, s):
+    """The `2K` best one-token extensions, as `_Candidates`, token written at `index`.
+
+    `2K` leaves `K` candidates without EOS even when `K` of them end with EOS.
+    """
+    k, v = s.beam_size, _common.dim(log_probs, 2)
+    scores = tf.reshape(alive_scores[:, :, None] + log_probs, [s.batch_size, k * v])  # (B, K*V)
+    top_scores, top_index = tf.math.top_k(scores, k=2 * k)  # (B, 2K)
+    beams, tokens = top_index // v, top_index % v
+    ids = tf.gather(alive_ids, beams, batch_dims=1)  # (B, 2K, T)
+    ids = _common.write_column(ids, index, tokens)
+    return _Candidates(scores=top_scores, beams=beams, tokens=tokens, ids=ids)
+
+
+def _select_alive(candidates, s):
+    """The `K` best candidates without EOS become the alive hypotheses.
+
+    Returns:
+        `(alive_ids (B, K, T), alive_scores (B, K), parents (B, K), tokens (B, K))`:
+        `parents` the alive beam each extends (for the cache), `tokens` the next input.
+    """
+    scores = tf.where(tf.equal(candidates.tokens, s.eos_id), _NEG_INF, candidates.scores)
+    alive_scores, pick = tf.math.top_k(scores, k=s.beam_size)  # (B, K)
+    alive_ids = tf.gather(candidates.ids, pick, batch_dims=1)  # (B, K, T)
+    parents = tf.gather(candidates.beams, pick, batch_dims=1)  # (B, K)
+    tokens = tf.gather(candidates.tokens, pick, batch_dims=1)  # (B, K)
+    return alive_ids, alive_scores, parents, tokens
+
+
+def _merge_finished(finished, candidates, index, last_step, s):
+    """Merges the candidates that finish at `index` into the pool of the `K` best.
+
+    A candidate finishes when it ends with EOS or its example is at `last_step (B,)`,
+    and it ranks among the first `K` (the fairseq and Hugging Face rule, see
+    `beam_search`). Returns the new `_Finished`, best first by normalised score.
+    """
+    k = s.beam_size
+    in_first_k = tf.range(2 * k)[None, :] < k  # (1, 2K)
+    is_eos = tf.equal(candidates.tokens, s.eos_id)
+    finishing = (is_eos | last_step[:, None]) & in_first_k & (candidates.scores > _NEG_INF)
+    # Forced positions carry no score, so they do not count in the penalty length.
+    scored = index + 1 - tf.minimum(s.prefix_lengths, index + 1)  # (B,)
+    penalty = _common.gnmt_penalty(scored, s.alpha)[:, None]
+    normalized = tf.where(finishing, candidates.scores / penalty, _NEG_INF)
+    pool_normalized, pool = tf.math.top_k(
+        tf.concat([finished.normalized_scores, normalized], 1), k=k
+    )  # (B, K)
+
+    def from_pool(old, new):
+        return tf.gather(tf.concat([old, new], 1), pool, batch_dims=1)
+
+    return _Finished(
+        ids=from_pool(finished.ids, candidates.ids),
+        normalized_scores=pool_normalized,
+        scores=from_pool(finished.scores, tf.where(finishing, candidates.scores, _NEG_INF)),
+        lengths=from_pool(finished.lengths, tf.fill(tf.shape(candidates.tokens), index + 1)),
+        valid=from_pool(finished.valid, finishing),
+    )
+
+
+def _keep_stopped(done, new, old):
+    """Examples already `done` keep their `old` tensors (nests of `(B, ...)`).
+
+    The loop runs until every example has stopped: later steps must not change the
+    result of an example already decided.
+    """
+    active = ~done  # (B,)
+
+    def select(new, old):
+        mask = tf.reshape(active, [-1] + [1] * (len(old.shape) - 1))
+        return tf.where(mask, new, old)
+
+    return tf.nest.map_structure(select, new, old)
+
+
+def _reorder_cache(cache, parents, tokens, done, s):
+    """Gives every beam the cache rows of its parent; returns `(cache, tokens (B*K,))`.
+
+    `parents (B, K)` is the alive beam each new beam extends, `tokens (B, K)` what it
+    feeds next. Examples already `done (B,)` keep their rows and are fed PAD.
+    """
+    active = ~done  # (B,)
+    k = s.beam_size
+    parents = tf.where(active[:, None], parents, tf.range(k)[None, :])
+    rows = tf.reshape(tf.range(s.batch_size)[:, None] * k + parents, [-1])  # (B*K,)
+    cache = tf.nest.map_structure(lambda x: tf.gather(x, rows, axis=0), cache)
+    tokens = tf.reshape(tf.where(active[:, None], tokens, s.pad_id), [-1])  # (B*K,)
+    return cache, tokens
+
+
+def _stopped(alive_scores, finished, index, done, s):
+    """`(B,)` bool: already `done`, or the n-best can no longer change.
+
+    Future scores only fall (log-probabilities are <= 0), and the GNMT penalty is
+    monotone in the length for either sign of `alpha`, so at any later length it is at
+    most the larger of its values at the next and at the maximum length. The best alive
+    score divided by that larger penalty therefore bounds the normalised score of every
+    hypothesis still to come: an exact stop once the `N`-th finished one reaches it.
+    """
+    next_scored = index + 2 - tf.minimum(s.prefix_lengths, index + 2)  # (B,)
+    max_scored = s.max_lengths - tf.minimum(s.prefix_lengths, s.max_lengths)  # (B,)
+    best_penalty = tf.maximum(
+        _common.gnmt_penalty(next_scored, s.alpha), _common.gnmt_penalty(max_scored, s.alpha)
+    )
+    bound = alive_scores[:, 0] / best_penalty  # (B,)
+    nth_valid = tf.gather(finished.valid, s.num_return - 1, axis=1)
+    beaten = nth_valid & (tf.gather(finished.normalized_scores, s.num_return - 1, axis=1) >= bound)
+    return done | beaten
+
+
+def _nbest(finished, n, pad_id, static_shapes):
+    """The `N` best of the final pool as a `DecodeResult`.
+
+    Empty slots get PAD ids, length 0 and `-inf` scores; dynamic mode cuts `ids` to
+    the longest returned hypothesis.
+    """
+    finished = tf.nest.map_structure(lambda x: x[:, :n], finished)
+    ids = tf.where(finished.valid[:, :, None], finished.ids, pad_id)  # (B, N, T)
+    lengths = tf.where(finished.valid, finished.lengths, 0)
     if not static_shapes:
         ids = _common.trim(ids, lengths)
     return DecodeResult(
         ids=ids,
         lengths=lengths,
-        scores=tf.where(fin_valid, fin_logp, neg_inf),
-        normalized_scores=tf.where(fin_valid, fin_norm, neg_inf),
+        scores=tf.where(finished.valid, finished.scores, _NEG_INF),
+        normalized_scores=tf.where(finished.valid, finished.normalized_scores, _NEG_INF),
     )
