@@ -11,6 +11,14 @@ def expected_retracing(function):
     bucketed batch shape (a bounded set) or once per tokenizer instance, which is by
     design: this turns TensorFlow's own per-function switch for that warning on, so real
     retracing problems elsewhere still show.
+
+    The switch is private (`tf.function` has no public one; TensorFlow sets it itself on
+    functions restored from a SavedModel). `reduce_retracing=True` does not serve: it
+    relaxes shapes, so it neither stops the traces a new Python object causes nor keeps
+    one graph per bucket shape; filtering the `tensorflow` logger would match the
+    message's wording, no more public than the switch, for the whole process.
+    `tests/test_private_apis.py` pins the switch to the TensorFlow minor release
+    `setup.cfg` allows.
     """
     function._omit_frequent_tracing_warning = True  # TF's switch, read on every call
     return function

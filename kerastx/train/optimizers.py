@@ -4,6 +4,16 @@ Keras 3 optimizers sum gradients across replicas inside `apply`, after their own
 clipping. Clipping must see the global gradient, so the trainer all-reduces, normalizes
 and clips first; these subclasses then skip Keras's second all-reduce (which would
 multiply every gradient by the number of replicas).
+
+Keras 3.15 has no public way to skip it: `apply` takes no argument for it, and applying
+in cross-replica context is no way around it either (outside `strategy.scope()` Keras
+all-reduces the per-replica gradients in the default replica context, which rejects
+them; inside the scope its merge call finds no replica context). So these override the
+TensorFlow backend's private `_all_reduce_sum_gradients`, which `apply` calls through
+`_backend_update_step`. `tests/test_private_apis.py` pins that hook to the Keras minor
+release `setup.cfg` allows; `tests/train/test_optimizers.py` checks under
+MirroredStrategy that the gradients are applied once, in both contexts the trainer
+applies them (replica context; cross-replica context for float16).
 """
 
 from __future__ import annotations
@@ -17,6 +27,7 @@ class _PreReduced:
     """Mixin: gradients given to `apply` are already summed over replicas."""
 
     def _all_reduce_sum_gradients(self, grads_and_vars):
+        # Private hook of keras/src/backend/tensorflow/optimizer.py (see module doc).
         return list(grads_and_vars)
 
 
