@@ -77,7 +77,7 @@ def bench_training(name: str, jit: bool, steps: int, warmup: int, windows: int =
     rate measured under the same conditions. The row reports the median window (tokens/s,
     MFU, step time) and every window's figures.
     """
-    from kerastx.train.flops import measure_matmul_rate, model_flops
+    from kerastx.train.flops import measure_matmul_rate
     from kerastx.train.loop import Trainer
     from kerastx.train.summaries import Window
 
@@ -97,7 +97,7 @@ def bench_training(name: str, jit: bool, steps: int, warmup: int, windows: int =
             "training.checkpoint_every=1000000",
         )
         trainer = Trainer(cfg, progress=False)
-        flops = model_flops(trainer.model, cfg.model.type)
+        flops = trainer.task.flops(trainer.model)
         iterator = trainer._iterator()
         chunk = cfg.training.steps_per_execution
         t0 = time.perf_counter()
@@ -215,7 +215,7 @@ def bench_decode(quick: bool) -> dict:
             if len(sources) >= words:
                 break
         out: dict = {"model": model_name, "test_words": len(sources), "batch_size": batch}
-        module_dir = export.export_model(run.model, run.data, run.cfg, os.path.join(tmp, "export"))
+        module_dir = export.export_model(run.task, run.model, run.data, os.path.join(tmp, "export"))
         fn = tf.saved_model.load(module_dir).signatures["decode"]
         for strategy, beam in (("greedy", 1), ("beam", 4)):
             settings = inference.settings_from_config(
@@ -233,7 +233,7 @@ def bench_decode(quick: bool) -> dict:
                     time.perf_counter() - t0
                 )
             for way, jit in (("framework", False), ("framework_xla", True)):
-                decoder = inference.Decoder(run.model, "seq2seq", settings, jit_compile=jit)
+                decoder = inference.Decoder(run.model, run.task, settings, jit_compile=jit)
                 for b in batches:  # warm-up: traces (and compiles every XLA bucket)
                     decoder(b)
                 t0 = time.perf_counter()

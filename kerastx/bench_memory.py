@@ -22,6 +22,9 @@ import types
 
 import numpy as np
 
+from kerastx import tasks
+from kerastx.special_ids import BOS_ID
+
 # Shared model settings of the cases (only the differences are listed per case).
 _BASE = {"dropout": 0.1, "position_encoding": "sinusoidal", "norm_position": "pre"}
 
@@ -129,20 +132,18 @@ class FixedBatches:
         self.labels = range(num_classes) if num_classes else None
         rng = np.random.default_rng(seed)
         b, t = batch
-        ids = rng.integers(4, vocab_size, size=(b, t)).astype(np.int32)
         out = {"example_id": np.arange(b, dtype=np.int64)}
-        if model_type == "seq2seq":
-            out["source_ids"] = ids
-            target = rng.integers(4, vocab_size, size=(b, t)).astype(np.int32)
-            # Teacher forcing: BOS + tokens in, tokens out (shifted by one).
-            out["target_in_ids"] = np.concatenate([np.ones((b, 1), np.int32), target[:, :-1]], 1)
-            out["target_out_ids"] = target
-        elif model_type == "decoder_lm":
-            out["token_ids"] = ids
-            out["target_out_ids"] = np.concatenate([ids[:, 1:], np.full((b, 1), 2, np.int32)], 1)
-        else:
-            out["source_ids"] = ids
-            out["label"] = rng.integers(0, num_classes, size=(b,)).astype(np.int32)
+        tokens = {}  # one draw per field, shared by the keys framing it
+        for key, (field, framing) in tasks.get(model_type).layout.items():
+            if framing is None:  # one label per example
+                out[key] = rng.integers(0, num_classes, size=(b,)).astype(np.int32)
+                continue
+            if field not in tokens:
+                tokens[field] = rng.integers(4, vocab_size, size=(b, t)).astype(np.int32)
+            ids = tokens[field]
+            if framing == "bos":  # teacher forcing: BOS + tokens in, tokens out
+                ids = np.concatenate([np.full((b, 1), BOS_ID, np.int32), ids[:, :-1]], 1)
+            out[key] = ids
         self.batch = out
 
     def train_dataset_fn(self, start=(0, 0)):
@@ -168,7 +169,7 @@ def _experiment(case: dict, run_dir: str, overrides=()):
     model_type = case["type"]
     corpus = (
         {"type": "labelled", "path": "unused.tsv"}
-        if model_type == "encoder_classifier"
+        if "label" in tasks.get(model_type).fields
         else {"type": "synthetic", "task": "copy"}
     )
     b, t = case["batch"]
@@ -179,7 +180,7 @@ def _experiment(case: dict, run_dir: str, overrides=()):
         "batch_size": b * t,
         "shuffle_buffer": 0,
     }
-    if model_type == "seq2seq" and case["model"].get("share_embeddings") == "all":
+    if case["model"].get("share_embeddings") == "all":
         data["shared_vocab"] = True
     model = {"type": model_type, **_BASE, **case["model"], "max_length": 1024}
     text = json.dumps(
@@ -293,7 +294,8 @@ def measure_decode(name: str) -> dict:
     """
     import tensorflow as tf
 
-    from kerastx.train import builders, memory
+    from kerastx.models.build import build_model
+    from kerastx.train import memory
 
     case = CASES[name]
     spec = case["decode"]
@@ -302,11 +304,11 @@ def measure_decode(name: str) -> dict:
         cfg = _experiment(case, tmp)
         data = FixedBatches(case["type"], case["vocab"], case["batch"], case.get("classes", 0))
         tf_start = _tf_memory()["current"]
-        model = builders.build_model(cfg, data)
+        model = build_model(tasks.create(cfg), data)
         rng = np.random.default_rng(1)
         bos = tf.fill([rows], 1)
         second = tf.constant(rng.integers(4, case["vocab"], size=(rows,)).astype(np.int32))
-        if case["type"] == "seq2seq":
+        if "target" in tasks.get(case["type"]).fields:  # an encoder-decoder
             source = tf.constant(
                 rng.integers(4, case["vocab"], size=(rows, spec["source_length"])).astype(np.int32)
             )

@@ -9,9 +9,8 @@ SIGTERM after saving a checkpoint (re-run the same command to resume).
 from __future__ import annotations
 
 import argparse
-import importlib
+import logging
 import sys
-from collections.abc import Callable
 
 from kerastx.errors import KerastxError
 
@@ -19,23 +18,24 @@ EXIT_USER_ERROR = 2
 EXIT_PREEMPTED = 75
 
 
-class NotImplementedYet(KerastxError):
-    """A verb whose library function has not been written yet."""
+def configure_logging() -> None:
+    """kerastx's messages at INFO on stderr. Only the command line does this: a notebook
+    or an application configures logging its own way (the `kerastx` logger propagates)."""
+    log = logging.getLogger("kerastx")
+    if not any(getattr(h, "kerastx_cli", False) for h in log.handlers):
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler.kerastx_cli = True
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
 
 
-def _call(module: str, function: str = "run") -> Callable:
-    """Imports `kerastx.<module>.<function>` lazily, so `validate` never imports TensorFlow."""
-    try:
-        mod = importlib.import_module(f"kerastx.{module}")
-    except ModuleNotFoundError as err:
-        if err.name and err.name.startswith(f"kerastx.{module.split('.')[0]}"):
-            raise NotImplementedYet(
-                f"this verb is not implemented yet (kerastx.{module})"
-            ) from None
-        raise
-    if not hasattr(mod, function):
-        raise NotImplementedYet(f"this verb is not implemented yet (kerastx.{module}.{function})")
-    return getattr(mod, function)
+def _workflow():
+    """`kerastx.workflow`, imported when a verb needs it (so `validate` and `schema`
+    never import TensorFlow). A failing import is a bug: its traceback shows (exit 1)."""
+    from kerastx import workflow
+
+    return workflow
 
 
 def _experiment_args(p: argparse.ArgumentParser) -> None:
@@ -92,46 +92,57 @@ def _load(args: argparse.Namespace):
 
 
 def _cmd_train(args):
-    cfg, prov = _load(args)
-    return _call("train")(cfg, prov)
+    cfg, _ = _load(args)
+    _workflow().train(cfg)
+    return 0
 
 
 def _cmd_vocab(args):
+    from kerastx.data import run_vocab
+
     cfg, _ = _load(args)
-    return _call("data", "run_vocab")(cfg)
+    return run_vocab(cfg)
 
 
 def _cmd_data_stats(args):
+    from kerastx.data import run_data_stats
+
     cfg, _ = _load(args)
-    return _call("data", "run_data_stats")(cfg)
+    return run_data_stats(cfg)
 
 
 def _cmd_evaluate(args):
-    return _call("evaluate")(args.run, split=args.split, overrides=args.overrides)
+    _workflow().evaluate(args.run, split=args.split, overrides=args.overrides)
+    return 0
 
 
 def _cmd_predict(args):
-    return _call("predict")(
+    return _workflow().predict_file(
         args.run, input_path=args.input, output_path=args.output, decoding=_decoding_overrides(args)
     )
 
 
 def _cmd_score(args):
-    return _call("predict", "run_score")(
+    return _workflow().score(
         args.run, source=args.source, target=args.target, output_path=args.output
     )
 
 
 def _cmd_export(args):
-    return _call("export")(args.run, output_dir=args.output)
+    _workflow().export(args.run, output_dir=args.output)
+    return 0
 
 
 def _cmd_launch(args):
-    return _call("train.launch")(args.experiment, args.overrides, workers=args.workers)
+    from kerastx.train import launch
+
+    return launch.run(args.experiment, args.overrides, workers=args.workers)
 
 
 def _cmd_bench(args):
-    return _call("bench")(quick=args.quick, output=args.output, only=args.only)
+    from kerastx import bench
+
+    return bench.run(quick=args.quick, output=args.output, only=args.only)
 
 
 def _decoding_overrides(args) -> dict:
@@ -146,7 +157,6 @@ def _decoding_overrides(args) -> dict:
         "seed",
         "max_length",
         "batch_size",
-        "jit_compile",
     )
     return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
 
@@ -236,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     """Runs the CLI; returns the process exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    configure_logging()
     try:
         code = args.func(args)
     except KerastxError as err:

@@ -1,8 +1,10 @@
 """Evaluation: dev/test loss and the task's metrics from decoding.
 
 `evaluate_model` is shared by evaluation during training (greedy decoding of the dev set,
-TensorBoard samples and attention maps) and `kerastx evaluate RUN_DIR` (the run's decoding
-settings on the test split, results written to `RUN_DIR/eval_<split>.json`).
+TensorBoard samples and attention maps) and `kerastx evaluate RUN_DIR` (`workflow.evaluate`:
+the run's decoding settings on the test split, results written to
+`RUN_DIR/eval_<split>.json`). What is decoded and which metrics follow is the task's
+(`kerastx.tasks`): this module holds the shared loop.
 
 Attention maps (`evaluation.attention_images`, seq2seq models): for the first N dev
 examples in file order, a teacher-forced pass (reference target, `training=False`)
@@ -15,21 +17,14 @@ pixels so short sequences stay visible.
 
 from __future__ import annotations
 
-import json
 import math
-import os
 
 import numpy as np
 import tensorflow as tf
 
 from kerastx import inference, metrics
+from kerastx.losses import smoothed_cross_entropy_sum, token_accuracy_counts
 from kerastx.tfutil import expected_retracing
-from kerastx.train.losses import (
-    label_pad_id,
-    smoothed_cross_entropy_sum,
-    token_accuracy_counts,
-)
-from kerastx.train.step import model_inputs
 
 
 class EvaluationInterrupted(Exception):
@@ -46,25 +41,47 @@ def _text(value) -> str:
 
 
 class _LossFn:
-    def __init__(self, model, model_type):
+    def __init__(self, model, task):
         self.model = model
-        self.model_type = model_type
+        self.task = task
         self.fn = expected_retracing(tf.function(self._sums, reduce_retracing=True))
 
     def _sums(self, batch):
-        inputs, labels = model_inputs(batch, self.model_type)
+        inputs, labels = self.task.model_inputs(batch)
         logits = self.model(inputs, training=False)
-        pad_id = label_pad_id(self.model_type)
+        pad_id = self.task.label_pad_id
         _, nll, count = smoothed_cross_entropy_sum(labels, logits, 0.0, pad_id)
         correct = token_accuracy_counts(labels, logits, pad_id)
-        predicted = tf.argmax(logits, axis=-1, output_type=tf.int32)
-        return nll, count, correct, predicted
+        return nll, count, correct
+
+
+def loss_metrics(task, model, data, split: str, should_stop=None) -> dict:
+    """Loss (nats per label), perplexity and token accuracy of a split (a teacher-forced
+    pass over every example); empty if the split has no labels."""
+    loss_fn = _LossFn(model, task)
+    nll_sum = tokens = correct = 0.0
+    for batch in data.eval_dataset(split, task.cfg.decoding.batch_size):
+        _check(should_stop)
+        nll, count, right = loss_fn.fn(
+            {k: v for k, v in batch.items() if k not in ("source_text", "target_text")}
+        )
+        nll_sum += float(nll)
+        tokens += float(count)
+        correct += float(right)
+    if not tokens:
+        return {}
+    loss = nll_sum / tokens
+    return {
+        "loss": loss,
+        "perplexity": math.exp(min(loss, 50.0)),
+        "token_accuracy": correct / tokens,
+    }
 
 
 def evaluate_model(
+    task,
     model,
     data,
-    cfg,
     split: str,
     settings: dict,
     max_examples: int = 0,
@@ -74,9 +91,9 @@ def evaluate_model(
     """Loss, perplexity, token accuracy and task metrics of a model on one split.
 
     Args:
+        task: the experiment's task (`task.cfg` is the resolved experiment).
         model: the model (weights loaded).
         data: the run's DataModule.
-        cfg: the resolved experiment.
         split: str. "dev" or "test".
         settings: dict. Decoding settings (see `inference.settings_from_config`).
         max_examples: int. Distinct sources decoded for task metrics; 0 = all.
@@ -89,33 +106,17 @@ def evaluate_model(
     Raises:
         EvaluationInterrupted: `should_stop()` returned True.
     """
-    model_type = cfg.model.type
-    batch_size = cfg.decoding.batch_size
-    loss_fn = _LossFn(model, model_type)
-    nll_sum = tokens = correct = 0.0
-    for batch in data.eval_dataset(split, batch_size):
-        _check(should_stop)
-        nll, count, right, _ = loss_fn.fn(
-            {k: v for k, v in batch.items() if k not in ("source_text", "target_text")}
-        )
-        nll_sum += float(nll)
-        tokens += float(count)
-        correct += float(right)
-    out: dict = {}
-    if tokens:
-        out["loss"] = nll_sum / tokens
-        out["perplexity"] = math.exp(min(out["loss"], 50.0))
-        out["token_accuracy"] = correct / tokens
-    names = cfg.evaluation.metrics or metrics.default_metrics(
-        model_type, getattr(getattr(cfg.data, split), "type", None)
+    out = loss_metrics(task, model, data, split, should_stop)
+    out.update(task.metrics_from_losses(out))
+    cfg = task.cfg
+    names = cfg.evaluation.metrics or task.default_metrics(
+        getattr(getattr(cfg.data, split), "type", None)
     )
-    if model_type == "encoder_classifier":
-        out["accuracy"] = 100.0 * out.get("token_accuracy", 0.0)
-        return out
-    if model_type != "seq2seq" or not names:
+    decode = task.text_decoder(model, data, settings) if names else None
+    if decode is None:
         return out
     _check(should_stop)
-    hyps, sources = decode_split(model, data, cfg, split, settings, max_examples, should_stop)
+    hyps, sources = decode_split(task, data, split, decode, max_examples, should_stop)
     refs_by_source = data.references(split)
     refs = [refs_by_source[s] for s in sources]
     out.update(metrics.task_metrics(names, hyps, refs))
@@ -127,10 +128,16 @@ def evaluate_model(
     return out
 
 
-def decode_split(
-    model, data, cfg, split: str, settings: dict, max_examples: int = 0, should_stop=None
-):
+def decode_split(task, data, split: str, decode, max_examples: int = 0, should_stop=None):
     """Decodes each distinct source of a split once, in file order.
+
+    Args:
+        task: the task (its decoding batch size).
+        data: the DataModule.
+        split: str. "dev" or "test".
+        decode: the task's `text_decoder`: `fn(batch rows) -> list of str`.
+        max_examples: int. Distinct sources decoded; 0 = all.
+        should_stop: callable or None; checked between batches.
 
     Returns:
         `(hypotheses, sources)`: lists of str.
@@ -138,12 +145,9 @@ def decode_split(
     Raises:
         EvaluationInterrupted: `should_stop()` returned True (checked between batches).
     """
-    decoder = inference.Decoder(
-        model, cfg.model.type, settings, jit_compile=cfg.decoding.jit_compile
-    )
     seen: set = set()
     hyps, sources = [], []
-    for batch in data.eval_dataset(split, cfg.decoding.batch_size):
+    for batch in data.eval_dataset(split, task.cfg.decoding.batch_size):
         _check(should_stop)
         texts = [_text(t) for t in batch["source_text"].numpy()]
         keep = []
@@ -152,17 +156,32 @@ def decode_split(
                 seen.add(text)
                 keep.append(i)
         if keep:
-            source_ids = tf.gather(batch["source_ids"], keep)
-            inputs = {"source_ids": _trim_columns(source_ids)}
-            if "condition" in batch:
-                inputs["condition"] = tf.gather(batch["condition"], keep)
-            result = decoder(inputs)
-            decoded = data.target_tokenizer.detokenize(inference.best_ids(result))
-            hyps.extend(_text(t) for t in decoded.numpy())
+            rows = {
+                k: tf.gather(v, keep)
+                for k, v in batch.items()
+                if k not in ("source_text", "target_text")
+            }
+            hyps.extend(decode(rows))
             sources.extend(texts[i] for i in keep)
         if max_examples and len(seen) >= max_examples:
             break
     return hyps, sources
+
+
+def source_decoder(task, model, data, settings: dict):
+    """An encoder-decoder's text decoder for `decode_split`: the cached decoder on the
+    rows' `source_ids` (and condition), detokenized with the target tokenizer."""
+    decoder = inference.Decoder(model, task, settings, jit_compile=task.cfg.decoding.jit_compile)
+
+    def decode(rows: dict) -> list[str]:
+        inputs = {"source_ids": _trim_columns(rows["source_ids"])}
+        if "condition" in rows:
+            inputs["condition"] = rows["condition"]
+        result = decoder(inputs)
+        decoded = data.target_tokenizer.detokenize(inference.best_ids(result))
+        return [_text(t) for t in decoded.numpy()]
+
+    return decode
 
 
 def _trim_columns(ids: tf.Tensor) -> tf.Tensor:
@@ -174,47 +193,32 @@ def _trim_columns(ids: tf.Tensor) -> tf.Tensor:
 def cross_attention(model, inputs: dict) -> np.ndarray:
     """Cross-attention probabilities of the last decoder layer in a teacher-forced pass.
 
-    The probabilities are read as the layer computes them (its `_compute_attention` is
-    wrapped for one forward pass with `training=False`), so no layer code changes.
-
     Args:
         model: a `Seq2SeqTransformer`.
         inputs: dict with `source_ids (B, S)`, `target_in_ids (B, T)` [, `condition`].
 
     Returns:
         float32 array `(B, N, T, S)`: per head, each target position's distribution
-        over source positions (zero on padded sources).
+        over source positions (zero on padded sources); the model's
+        `cross_attention_weights`.
     """
-    attention = model.decoder_layers[-1]._cross_attention
-    original = attention._compute_attention
-    captured = []
-
-    def capture(*args, **kwargs):
-        outputs, probabilities = original(*args, **kwargs)
-        captured.append(probabilities)
-        return outputs, probabilities
-
-    attention._compute_attention = capture
-    try:
-        model(inputs, training=False)
-    finally:
-        del attention._compute_attention
-    return np.asarray(tf.cast(captured[-1], tf.float32))
+    return np.asarray(model.cross_attention_weights(inputs))
 
 
-def attention_maps(model, data, cfg, split: str, count: int) -> list[dict]:
-    """Head-averaged cross-attention maps of the first `count` examples of a split.
+def attention_maps(task, model, data, split: str, count: int) -> list[dict]:
+    """Head-averaged cross-attention maps of the first `count` examples of a split
+    (an encoder-decoder's `Task.attention_maps`).
 
     Returns:
         list of dicts: "image" float32 `(T_real, S_real)` in [0, 1] (rows: BOS + target
         tokens, columns: source tokens + EOS), "source", "target" (str).
     """
-    if cfg.model.type != "seq2seq" or count <= 0:
+    if count <= 0:
         return []
     maps: list = []
-    for batch in data.eval_dataset(split, cfg.decoding.batch_size):
+    for batch in data.eval_dataset(split, task.cfg.decoding.batch_size):
         take = min(count - len(maps), int(batch["source_ids"].shape[0]))
-        inputs, _ = model_inputs({k: v[:take] for k, v in batch.items()}, "seq2seq")
+        inputs, _ = task.model_inputs({k: v[:take] for k, v in batch.items()})
         probabilities = cross_attention(model, inputs).mean(axis=1)  # (B, T, S)
         source_ids = np.asarray(inputs["source_ids"])
         target_ids = np.asarray(inputs["target_in_ids"])
@@ -258,14 +262,14 @@ def evaluate_during_training(trainer, board, should_stop=None) -> dict:
     Raises:
         EvaluationInterrupted: `should_stop()` returned True; nothing was written.
     """
-    cfg = trainer.cfg
+    cfg, task = trainer.cfg, trainer.task
     if cfg.data.dev is None:
         return {}
     settings = inference.settings_from_config(cfg.decoding, strategy="greedy")
     results = evaluate_model(
+        task,
         trainer.model,
         trainer.data,
-        cfg,
         "dev",
         settings,
         max_examples=cfg.evaluation.max_examples,
@@ -273,7 +277,7 @@ def evaluate_during_training(trainer, board, should_stop=None) -> dict:
         should_stop=should_stop,
     )
     _check(should_stop)
-    maps = attention_maps(trainer.model, trainer.data, cfg, "dev", cfg.evaluation.attention_images)
+    maps = task.attention_maps(trainer.model, trainer.data, "dev", cfg.evaluation.attention_images)
     step = trainer.step
     # Metrics are floats; the int counts behind them (decoded, correct, words) are not.
     board.scalars(step, {k: v for k, v in results.items() if isinstance(v, float)}, "eval")
@@ -295,34 +299,3 @@ def evaluate_during_training(trainer, board, should_stop=None) -> dict:
             "layer, mean over heads",
         )
     return {k: v for k, v in results.items() if isinstance(v, (int, float))}
-
-
-def run(run_dir: str, split: str = "test", overrides: list[str] | None = None) -> int:
-    """`kerastx evaluate RUN_DIR`: metrics on a split, printed and written as JSON."""
-    from kerastx.runs import load_run
-
-    loaded = load_run(run_dir, overrides)
-    cfg = loaded.cfg
-    settings = inference.settings_from_config(cfg.decoding)
-    if getattr(cfg.data, split) is None:
-        from kerastx.errors import KerastxError
-
-        raise KerastxError(f"{run_dir}: the experiment has no data.{split} corpus")
-    results = evaluate_model(
-        loaded.model, loaded.data, cfg, split, settings, num_samples=cfg.evaluation.num_samples
-    )
-    results["checkpoint"] = loaded.checkpoint
-    results["split"] = split
-    results["decoding"] = settings
-    path = os.path.join(run_dir, f"eval_{split}.json")
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(results, f, indent=2)
-    shown = {k: round(v, 3) for k, v in results.items() if isinstance(v, float)}
-    print(f"{split}: {shown}")
-    for sample in results.get("samples", []):
-        print(
-            f"  {sample['source']} -> {sample['hypothesis']}   "
-            f"(reference: {' / '.join(sample['references'])})"
-        )
-    print(f"wrote {path}")
-    return 0

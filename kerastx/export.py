@@ -90,7 +90,7 @@ class TextExport(tf.Module):
     Args:
         model: a trained `Seq2SeqTransformer` or `DecoderLM` (only its variables are
             saved; the functions are traced from it).
-        model_type: str. "seq2seq" or "decoder_lm".
+        task: its generation task (input key, in-graph encoding, decoding start).
         source_tokenizer, target_tokenizer: kerastx.data tokenizers (tf.Modules); for a
             decoder_lm the same one.
         settings: dict. Default decoding settings; `max_length` is the cache size.
@@ -102,7 +102,7 @@ class TextExport(tf.Module):
     def __init__(
         self,
         model,
-        model_type: str,
+        task,
         source_tokenizer,
         target_tokenizer,
         settings: dict,
@@ -116,12 +116,11 @@ class TextExport(tf.Module):
         self.config_file = tf.saved_model.Asset(config_path)
         settings = dict(settings)
         defaults = inference.request_defaults(settings)
-        seq2seq = model_type == "seq2seq"
-        key = "source_ids" if seq2seq else "prompt_ids"
-        encode = inference.encode_source if seq2seq else inference.encode_prompt
+        key = task.decode_input_key
+        encode = task.encode_text
 
         def decode_ids(ids, **request):
-            result = inference.decode_request(model, model_type, {key: ids}, request, settings)
+            result = inference.decode_request(model, task, {key: ids}, request, settings)
             return {
                 "ids": result.ids,
                 "scores": result.normalized_scores,
@@ -199,37 +198,24 @@ class ClassifierExport(tf.Module):
         return {"serving_default": self.classify, "classify": self.classify}
 
 
-def build_module(model, data, cfg) -> tf.Module:
-    """The export module of a run (any model type without a condition)."""
-    model_type = cfg.model.type
+def build_module(task, model, data) -> tf.Module:
+    """The export module of a run (any family, without a condition)."""
+    cfg = task.cfg
     if cfg.model.num_conditions or cfg.model.condition_dim:
         raise KerastxError(
             "export: models with a condition (model.num_conditions/condition_dim) cannot be "
             "exported yet"
         )
-    config_path = os.path.join(cfg.run_dir, "config.yaml")
-    if model_type == "encoder_classifier":
-        return ClassifierExport(
-            model, data.source_tokenizer, data.labels, cfg.data.max_source_length, config_path
-        )
-    return TextExport(
-        model,
-        model_type,
-        data.source_tokenizer,
-        data.target_tokenizer,
-        inference.settings_from_config(cfg.decoding),
-        cfg.data.max_source_length,
-        config_path,
-    )
+    return task.export_module(model, data)
 
 
-def export_model(model, data, cfg, output_dir: str) -> str:
+def export_model(task, model, data, output_dir: str) -> str:
     """Writes the SavedModel of a run next to `output_dir` (`output_dir + ".tmp"`).
 
     Returns:
         The temporary directory; `run` moves it to `output_dir` after the parity check.
     """
-    module = build_module(model, data, cfg)
+    module = build_module(task, model, data)
     tmp = output_dir.rstrip("/") + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     # Saving the module (a list of variables, not the Keras model) emits no "renamed"
@@ -238,81 +224,88 @@ def export_model(model, data, cfg, output_dir: str) -> str:
     return tmp
 
 
-def _prompt(text: str) -> str:
-    """A parity-check prompt: the first half of a dev text's words (at least one)."""
-    words = text.split()
-    return " ".join(words[: max(1, len(words) // 2)])
-
-
-def parity_check(tmp_dir: str, model, data, cfg, count: int) -> int:
-    """Decodes `count` dev (or test) examples both ways; raises on any difference.
-
-    seq2seq: the framework decodes the training pipeline's encoding of the sources
-    (`evaluate.decode_split`), the SavedModel the raw text (`serving_default`), so the
-    in-graph tokenization is checked too. decoder_lm: prompts are the first half of the
-    words of dev texts; classifiers: the dev texts; both through `predict`'s framework
-    and SavedModel paths. Outputs must be equal strings (classifier probabilities within
-    1e-4).
-
-    Returns:
-        The number of examples checked.
-    """
-    from kerastx import predict
-    from kerastx.evaluate import decode_split
-
-    split = "dev" if cfg.data.dev is not None else "test"
-    if count == 0 or getattr(cfg.data, split) is None:
-        return 0
-    settings = inference.settings_from_config(cfg.decoding)
-    batch_size = cfg.decoding.batch_size
-    loaded = tf.saved_model.load(tmp_dir)
-    if cfg.model.type == "seq2seq":
-        hyps, sources = decode_split(model, data, cfg, split, settings, max_examples=count)
-        outputs = []
-        for start in range(0, len(sources), batch_size):
-            batch = tf.constant(sources[start : start + batch_size])
-            result = loaded.signatures["serving_default"](text=batch)
-            outputs.extend(t.decode("utf-8") for t in result["output"].numpy())
-        probs = None
-    else:
-        texts = predict.split_texts(data, split, count)
-        if cfg.model.type == "decoder_lm":
-            texts = list(dict.fromkeys(_prompt(t) for t in texts))
-        sources = texts
-        ours = predict.decode_with_model(model, data, cfg, texts, settings, batch_size)
-        theirs = predict.decode_with_export(loaded, cfg.model.type, texts, settings, batch_size)
-        hyps, outputs = [o[0] for o in ours.outputs], [o[0] for o in theirs.outputs]
-        probs = (ours.probabilities, theirs.probabilities) if ours.probabilities else None
-    mismatches = [(s, h, o) for s, h, o in zip(sources, hyps, outputs) if h != o]
+def _raise_mismatches(sources, ours, theirs) -> None:
+    mismatches = [(s, h, o) for s, h, o in zip(sources, ours, theirs) if h != o]
     if mismatches:
         shown = "; ".join(f"{s!r}: framework {h!r} != export {o!r}" for s, h, o in mismatches[:5])
         raise ExportParityError(
             f"export parity check failed on {len(mismatches)} of {len(sources)} examples: {shown}"
         )
-    if probs is not None:
-        gap = float(np.max(np.abs(np.asarray(probs[0]) - np.asarray(probs[1])), initial=0.0))
+
+
+def compare_with_pipeline(task, loaded, model, data, split: str, count: int) -> int:
+    """Parity of an encoder-decoder: the framework decodes the training pipeline's
+    encoding of the sources (`evaluate.decode_split`), the SavedModel the raw text
+    (`serving_default`), so the in-graph tokenization is checked too.
+
+    Returns:
+        The number of examples checked.
+    """
+    from kerastx import evaluate
+
+    settings = inference.settings_from_config(task.cfg.decoding)
+    decode = task.text_decoder(model, data, settings)
+    hyps, sources = evaluate.decode_split(task, data, split, decode, max_examples=count)
+    batch_size = task.cfg.decoding.batch_size
+    outputs = []
+    for start in range(0, len(sources), batch_size):
+        batch = tf.constant(sources[start : start + batch_size])
+        result = loaded.signatures["serving_default"](text=batch)
+        outputs.extend(t.decode("utf-8") for t in result["output"].numpy())
+    _raise_mismatches(sources, hyps, outputs)
+    return len(sources)
+
+
+def compare_predictions(task, loaded, model, data, texts: list[str]) -> int:
+    """Parity through `predict`'s two paths (framework and SavedModel) on raw texts:
+    equal strings, and class probabilities (classifiers) within 1e-4.
+
+    Returns:
+        The number of examples checked.
+    """
+    settings = inference.settings_from_config(task.cfg.decoding)
+    batch_size = task.cfg.decoding.batch_size
+    ours = task.predict(model, data, texts, settings, batch_size)
+    theirs = task.predict_exported(loaded, texts, settings, batch_size)
+    _raise_mismatches(texts, [o[0] for o in ours.outputs], [o[0] for o in theirs.outputs])
+    if ours.probabilities:
+        gap = float(
+            np.max(
+                np.abs(np.asarray(ours.probabilities) - np.asarray(theirs.probabilities)),
+                initial=0.0,
+            )
+        )
         if gap > 1e-4:
             raise ExportParityError(
                 f"export parity check failed: class probabilities differ by up to {gap:.2e}"
             )
-    return len(sources)
+    return len(texts)
 
 
-def run(run_dir: str, output_dir: str | None = None) -> int:
-    """`kerastx export RUN_DIR`: writes RUN_DIR/export (or `output_dir`), checks parity."""
-    from kerastx.runs import load_run
+def parity_check(tmp_dir: str, task, model, data, count: int) -> int:
+    """Decodes `count` dev (or test) examples with the reloaded export and the framework
+    (the task's `parity_check`); raises `ExportParityError` on any difference.
 
-    loaded = load_run(run_dir)
-    output_dir = output_dir or os.path.join(run_dir, EXPORT_DIR)
-    tmp = export_model(loaded.model, loaded.data, loaded.cfg, output_dir)
+    Returns:
+        The number of examples checked.
+    """
+    cfg = task.cfg
+    split = "dev" if cfg.data.dev is not None else "test"
+    if count == 0 or getattr(cfg.data, split) is None:
+        return 0
+    return task.parity_check(tf.saved_model.load(tmp_dir), model, data, split, count)
+
+
+def export_run(task, model, data, checkpoint: str, output_dir: str) -> str:
+    """Writes `output_dir` (after the parity check passed; a failed check leaves the
+    previous export in place); returns `output_dir`."""
+    tmp = export_model(task, model, data, output_dir)
     try:
-        checked = parity_check(
-            tmp, loaded.model, loaded.data, loaded.cfg, loaded.cfg.export.parity_examples
-        )
+        checked = parity_check(tmp, task, model, data, task.cfg.export.parity_examples)
     except ExportParityError:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     shutil.rmtree(output_dir, ignore_errors=True)
     os.replace(tmp, output_dir)
-    print(f"exported {output_dir} (from {loaded.checkpoint}); parity checked on {checked} examples")
-    return 0
+    print(f"exported {output_dir} (from {checkpoint}); parity checked on {checked} examples")
+    return output_dir

@@ -21,15 +21,17 @@ Conventions shared by `predict`, `evaluate` and `export`:
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import tensorflow as tf
 
 from kerastx.config import DecodingConfig
 from kerastx.decoding import DecodeResult, beam_search, greedy_search, sample
+from kerastx.special_ids import BOS_ID, EOS_ID
 from kerastx.tfutil import expected_retracing
 
 STRATEGIES = ("greedy", "beam", "sample")
-BOS_ID, EOS_ID = 1, 2
 # Per-request settings of the exported model, in signature order, with their dtypes.
 REQUEST_SETTINGS = (
     ("beam_size", tf.int32),
@@ -134,9 +136,85 @@ def drop_prefix(result: DecodeResult, prefix_lengths, static_shapes: bool) -> De
     return result._replace(ids=ids, lengths=lengths)
 
 
+class DecodeStart(NamedTuple):
+    """Where cached decoding of one batch starts (a task's `begin_decoding`).
+
+    Attributes:
+        cache: the model's key/value cache for the batch.
+        start_ids: `(B,)` int32 first input tokens, or None for BOS.
+        bounds: `(B,)` int32 maximum output length of each example.
+        extra: dict of extra decoder arguments (`prefix_ids`, `prefix_lengths`).
+    """
+
+    cache: object
+    start_ids: object
+    bounds: object
+    extra: dict
+
+
+def begin_source_decoding(model, inputs: dict, settings: dict) -> DecodeStart:
+    """An encoder-decoder's start: the encoded `source_ids`, output bounds from the
+    source length (`max_length_a * S + max_length_b`, capped by `max_length`)."""
+    max_length = settings["max_length"]
+    source_ids = tf.cast(inputs["source_ids"], tf.int32)
+    state = model.encode(source_ids, condition=inputs.get("condition"))
+    bounds = _source_bounds(
+        source_ids, settings["max_length_a"], settings["max_length_b"], max_length
+    )
+    return DecodeStart(model.init_cache(state, max_length), None, bounds, {})
+
+
+def begin_prompt_decoding(model, inputs: dict, settings: dict) -> DecodeStart:
+    """A decoder-only LM's start: `prompt_ids` (BOS + prompt) fed as forced tokens."""
+    max_length = settings["max_length"]
+    prompt = tf.cast(inputs["prompt_ids"], tf.int32)
+    batch = tf.shape(prompt)[0]
+    cache = model.init_cache(batch, max_length, condition=inputs.get("condition"))
+    prompt_len = tf.reduce_sum(tf.cast(tf.not_equal(prompt, 0), tf.int32), axis=1)
+    # The prompt's first token (BOS) is fed at index 0; the rest are forced outputs.
+    extra = {"prefix_ids": prompt[:, 1:], "prefix_lengths": prompt_len - 1}
+    return DecodeStart(cache, prompt[:, 0], tf.fill([batch], tf.cast(max_length, tf.int32)), extra)
+
+
+def _strategy(settings: dict) -> str:
+    """The decoder to run: beam search with `beam_size == n_best == 1` is greedy."""
+    strategy = settings["strategy"]
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {STRATEGIES}. Received: {strategy!r}")
+    if strategy == "beam" and all(
+        isinstance(settings[k], int) and settings[k] == 1 for k in ("beam_size", "n_best")
+    ):
+        return "greedy"
+    return strategy
+
+
+def _search(strategy: str, next_fn, start: DecodeStart, settings: dict, common: dict):
+    """Runs one decoder from `start` (see `decode_batch`)."""
+    args = (next_fn, start.start_ids, start.cache, settings["max_length"])
+    if strategy == "greedy":
+        return greedy_search(*args, **common)
+    if strategy == "beam":
+        return beam_search(
+            *args,
+            beam_size=settings["beam_size"],
+            num_return=settings["n_best"],
+            length_penalty=settings["length_penalty"],
+            **common,
+        )
+    seed = tf.stack([tf.cast(settings["seed"], tf.int32), tf.constant(0, tf.int32)])
+    return sample(
+        *args,
+        seed=seed,
+        temperature=settings["temperature"],
+        top_k=settings["top_k"],
+        top_p=settings["top_p"],
+        **common,
+    )
+
+
 def decode_batch(
     model,
-    model_type: str,
+    task,
     inputs: dict,
     settings: dict,
     static_shapes: bool = False,
@@ -146,8 +224,11 @@ def decode_batch(
     """Decodes one batch with the model's key/value cache.
 
     Args:
-        model: a `Seq2SeqTransformer` or `DecoderLM`.
-        model_type: str. "seq2seq" or "decoder_lm".
+        model: a model with `init_cache` and `decode_step` (`Seq2SeqTransformer`,
+            `DecoderLM`).
+        task: its generation task (`kerastx.tasks.generation.GenerationTask`): how
+            decoding starts (`begin_decoding`) and what the caller gets back
+            (`end_decoding`).
         inputs: dict. seq2seq: `source_ids (B, S)` and optional `condition`; decoder_lm:
             `prompt_ids (B, P)` (BOS + prompt tokens, right-padded) and optional
             `condition`.
@@ -164,74 +245,19 @@ def decode_batch(
         N = n_best (beam search with `beam_size == n_best == 1` runs greedy search and
         returns `(B, ...)`). decoder_lm: the continuation only.
     """
-    strategy = settings["strategy"]
-    if strategy not in STRATEGIES:
-        raise ValueError(f"strategy must be one of {STRATEGIES}. Received: {strategy!r}")
-    if strategy == "beam" and all(
-        isinstance(settings[k], int) and settings[k] == 1 for k in ("beam_size", "n_best")
-    ):
-        strategy = "greedy"
-    max_length = settings["max_length"]
-    condition = inputs.get("condition")
-    extra: dict = {}
-    if model_type == "seq2seq":
-        source_ids = tf.cast(inputs["source_ids"], tf.int32)
-        state = model.encode(source_ids, condition=condition)
-        cache = model.init_cache(state, max_length)
-        start_ids = None
-        bounds = _source_bounds(
-            source_ids, settings["max_length_a"], settings["max_length_b"], max_length
-        )
-    elif model_type == "decoder_lm":
-        prompt = tf.cast(inputs["prompt_ids"], tf.int32)
-        batch = tf.shape(prompt)[0]
-        cache = model.init_cache(batch, max_length, condition=condition)
-        prompt_len = tf.reduce_sum(tf.cast(tf.not_equal(prompt, 0), tf.int32), axis=1)
-        # The prompt's first token (BOS) is fed at index 0; the rest are forced outputs.
-        start_ids = prompt[:, 0]
-        extra = {"prefix_ids": prompt[:, 1:], "prefix_lengths": prompt_len - 1}
-        bounds = tf.fill([batch], tf.cast(max_length, tf.int32))
-    else:
-        raise ValueError(f"cannot decode a model of type {model_type!r}")
+    strategy = _strategy(settings)
+    start = task.begin_decoding(model, inputs, settings)
+    bounds = start.bounds
     if max_lengths is not None:
         bounds = tf.minimum(bounds, tf.cast(max_lengths, tf.int32))
-
-    def next_fn(token_ids, cache, index):
-        return model.decode_step(token_ids, cache, index)
-
-    common = dict(max_lengths=bounds, static_shapes=static_shapes, early_exit=early_exit, **extra)
-    if strategy == "greedy":
-        result = greedy_search(next_fn, start_ids, cache, max_length, **common)
-    elif strategy == "beam":
-        result = beam_search(
-            next_fn,
-            start_ids,
-            cache,
-            max_length,
-            beam_size=settings["beam_size"],
-            num_return=settings["n_best"],
-            length_penalty=settings["length_penalty"],
-            **common,
-        )
-    else:
-        seed = tf.stack([tf.cast(settings["seed"], tf.int32), tf.constant(0, tf.int32)])
-        result = sample(
-            next_fn,
-            start_ids,
-            cache,
-            max_length,
-            seed=seed,
-            temperature=settings["temperature"],
-            top_k=settings["top_k"],
-            top_p=settings["top_p"],
-            **common,
-        )
-    if model_type == "decoder_lm":
-        result = drop_prefix(result, extra["prefix_lengths"], static_shapes)
-    return result
+    common = dict(
+        max_lengths=bounds, static_shapes=static_shapes, early_exit=early_exit, **start.extra
+    )
+    result = _search(strategy, model.decode_step, start, settings, common)
+    return task.end_decoding(result, start, static_shapes)
 
 
-def decode_request(model, model_type: str, inputs: dict, request: dict, settings: dict):
+def decode_request(model, task, inputs: dict, request: dict, settings: dict):
     """Decodes with per-request settings given as scalar tensors (the exported model).
 
     Sampling if `request["sampling"]`, else greedy if `beam_size == n_best == 1`, else
@@ -239,7 +265,7 @@ def decode_request(model, model_type: str, inputs: dict, request: dict, settings
     every request. Equals `decode_batch` with the matching settings dict.
 
     Args:
-        model, model_type, inputs: as in `decode_batch`.
+        model, task, inputs: as in `decode_batch`.
         request: dict of scalar tensors, the keys of `REQUEST_SETTINGS`. `max_length` is
             capped by `settings["max_length"]`.
         settings: dict. The exported defaults; gives `max_length_a/b` and the cache size
@@ -248,7 +274,7 @@ def decode_request(model, model_type: str, inputs: dict, request: dict, settings
     Returns:
         A `DecodeResult` with shapes `(B, N, ...)` (N = 1 unless beam search).
     """
-    key = "source_ids" if model_type == "seq2seq" else "prompt_ids"
+    key = task.decode_input_key
     per_request = ("length_penalty", "temperature", "top_k", "top_p", "seed")
     base = {**settings, **{name: request[name] for name in per_request}}
     cap = tf.minimum(tf.cast(request["max_length"], tf.int32), int(settings["max_length"]))
@@ -257,7 +283,7 @@ def decode_request(model, model_type: str, inputs: dict, request: dict, settings
     def run(strategy, **extra):
         def branch():
             s = {**base, "strategy": strategy, **extra}
-            result = decode_batch(model, model_type, inputs, s, max_lengths=limit)
+            result = decode_batch(model, task, inputs, s, max_lengths=limit)
             if result.ids.shape.rank == 2:
                 result = DecodeResult(*(x[:, None] for x in result))
             return tuple(result)
@@ -288,7 +314,7 @@ class Decoder:
 
     Args:
         model: the model.
-        model_type: str. "seq2seq" or "decoder_lm".
+        task: the model's generation task (see `decode_batch`).
         settings: dict from `settings_from_config` (Python values).
         jit_compile: bool, default False. Compile greedy and beam search with XLA:
             static shapes with an early exit (`decode_batch(static_shapes=True,
@@ -299,18 +325,19 @@ class Decoder:
             (XLA draws different random numbers), so seeded samples do not depend on it.
 
     Call arguments (eagerly; with `jit_compile` the inputs are padded in NumPy):
-        inputs: dict with `source_ids (B, S)` (seq2seq) or `prompt_ids (B, P)`
-            (decoder_lm), int, 0-padded; optional `condition`.
+        inputs: dict with the task's `decode_input_key` (`source_ids (B, S)` for
+            seq2seq, `prompt_ids (B, P)` for decoder_lm), int, 0-padded; optional
+            `condition`.
 
     Returns:
         The `DecodeResult` of `decode_batch` (dynamic shapes: `T = max(lengths)`).
     """
 
-    def __init__(self, model, model_type: str, settings: dict, jit_compile: bool = False):
+    def __init__(self, model, task, settings: dict, jit_compile: bool = False):
         self.model = model
-        self.model_type = model_type
+        self.task = task
         self.settings = dict(settings)
-        self.key = "source_ids" if model_type == "seq2seq" else "prompt_ids"
+        self.key = task.decode_input_key
         self.jit_compile = bool(jit_compile) and settings["strategy"] != "sample"
         spec = {self.key: tf.TensorSpec([None, None], tf.int32)}
         self._fn = expected_retracing(tf.function(self._decode, input_signature=[spec]))
@@ -318,12 +345,12 @@ class Decoder:
         self._fn_xla = expected_retracing(tf.function(self._decode_static, jit_compile=True))
 
     def _decode(self, inputs):
-        return decode_batch(self.model, self.model_type, inputs, self.settings)
+        return decode_batch(self.model, self.task, inputs, self.settings)
 
     def _decode_static(self, inputs, max_lengths):
         return decode_batch(
             self.model,
-            self.model_type,
+            self.task,
             inputs,
             self.settings,
             static_shapes=True,
@@ -353,7 +380,7 @@ class Decoder:
                 pad[1] = (0, columns)
             padded[name] = np.pad(value, pad)
         # Filler rows: a one-token input (EOS source, or BOS prompt) stopped after 1 step.
-        padded[self.key][batch:, 0] = EOS_ID if self.model_type == "seq2seq" else BOS_ID
+        padded[self.key][batch:, 0] = self.task.filler_id
         limits = np.where(np.arange(batch + rows) < batch, self.settings["max_length"], 1)
         result = self._fn_xla(
             {k: tf.constant(v) for k, v in padded.items()}, tf.constant(limits, tf.int32)

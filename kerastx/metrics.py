@@ -11,7 +11,8 @@ All values are percentages except where said.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Callable, Sequence
 
 
 def edit_distance(a: Sequence, b: Sequence) -> int:
@@ -91,28 +92,56 @@ def bleu_chrf(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) ->
     }
 
 
+@dataclasses.dataclass(frozen=True)
+class Metric:
+    """One evaluation metric.
+
+    Attributes:
+        name: str. The key in evaluation results (`evaluation.metrics`, `best_metric`).
+        higher_is_better: bool. The direction "best checkpoint" and early stopping use.
+        compute: callable `(hypotheses, references) -> dict` that returns this metric
+            (and maybe others: `wer_per` gives both), or None for the metrics computed
+            from the loss pass (every task with labels: loss, perplexity, token accuracy).
+        doc: str. One line for `--explain` and error messages.
+    """
+
+    name: str
+    higher_is_better: bool
+    compute: Callable | None
+    doc: str
+
+
+# The registry of metrics: a new metric is one entry here (and its task lists its name).
+METRICS = {
+    m.name: m
+    for m in (
+        Metric("loss", False, None, "token cross-entropy (nats), no label smoothing"),
+        Metric("perplexity", False, None, "exp(loss)"),
+        Metric("token_accuracy", True, None, "share of target tokens predicted right"),
+        Metric("wer", False, wer_per, "word error rate, % (G2P; any reference counts)"),
+        Metric("per", False, wer_per, "phoneme error rate, % (closest reference)"),
+        Metric("bleu", True, bleu_chrf, "corpus BLEU (sacrebleu, detokenized)"),
+        Metric("chrf", True, bleu_chrf, "corpus chrF (sacrebleu)"),
+        Metric("accuracy", True, accuracy, "share of outputs equal to a reference, %"),
+    )
+}
+LOSS_METRICS = tuple(name for name, m in METRICS.items() if m.compute is None)
+
+
+def signed(name: str, value: float) -> float:
+    """`value` oriented so that lower is better (what the trainer stores and compares)."""
+    return -value if METRICS[name].higher_is_better else value
+
+
 def task_metrics(
     names: Sequence[str], hypotheses: Sequence[str], references: Sequence[Sequence[str]]
 ) -> dict:
-    """Computes the named metrics (wer, per, bleu, chrf, accuracy) in one dict."""
+    """Computes the named decoded-text metrics in one dict (each function once)."""
     out: dict = {}
-    if {"wer", "per"} & set(names):
-        out.update(wer_per(hypotheses, references))
-    if {"bleu", "chrf"} & set(names):
-        out.update(bleu_chrf(hypotheses, references))
-    if "accuracy" in names:
-        out.update(accuracy(hypotheses, references))
+    done: set = set()
+    for name in names:
+        compute = METRICS[name].compute
+        if compute is not None and compute not in done:
+            done.add(compute)
+            out.update(compute(hypotheses, references))
     return out
-
-
-def default_metrics(model_type: str, corpus_type: str | None) -> list[str]:
-    """The metrics of a task when `evaluation.metrics` is empty."""
-    if model_type == "encoder_classifier":
-        return ["accuracy"]
-    if corpus_type == "cmudict":
-        return ["wer", "per"]
-    if corpus_type == "synthetic":
-        return ["accuracy"]
-    if model_type == "decoder_lm":
-        return []
-    return ["bleu", "chrf"]

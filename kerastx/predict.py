@@ -15,7 +15,6 @@ With `n_best > 1` (beam search) every input gives `n_best` lines
 from __future__ import annotations
 
 import dataclasses
-import os
 import sys
 
 import numpy as np
@@ -23,6 +22,7 @@ import tensorflow as tf
 
 from kerastx import inference
 from kerastx.errors import KerastxError
+from kerastx.special_ids import BOS_ID, EOS_ID
 
 
 @dataclasses.dataclass
@@ -41,7 +41,7 @@ class Decoded:
     probabilities: list | None = None
 
 
-def _read_lines(path: str | None) -> list[str]:
+def read_lines(path: str | None) -> list[str]:
     if path is None:
         return [line.rstrip("\n") for line in sys.stdin]
     try:
@@ -53,7 +53,7 @@ def _read_lines(path: str | None) -> list[str]:
         raise KerastxError(f"{path}: not valid UTF-8 (byte {err.start})") from None
 
 
-def _write_lines(path: str | None, lines: list[str]) -> None:
+def write_lines(path: str | None, lines: list[str]) -> None:
     text = "".join(line + "\n" for line in lines)
     if path is None:
         sys.stdout.write(text)
@@ -96,45 +96,57 @@ def split_texts(data, split: str, count: int) -> list[str]:
 
 
 def decode_with_model(
-    model, data, cfg, lines: list[str], settings: dict, batch_size: int, jit_compile=False
-) -> Decoded:
-    """Decodes (or classifies) raw lines with the framework, in length-sorted batches.
+    task, model, data, lines: list[str], settings: dict, batch_size: int, jit=False
+):
+    """Outputs of raw lines with the framework (the task's `predict`), input order kept.
 
     Args:
+        task: the run's task.
         model: the trained model.
         data: the run's DataModule (its tokenizers and labels).
-        cfg: the run's config.
         lines: list of str. Inputs.
         settings: dict from `inference.settings_from_config`.
         batch_size: int. Inputs decoded together.
-        jit_compile: bool. Decode with XLA (see `inference.Decoder`).
+        jit: bool. Decode with XLA (see `inference.Decoder`).
+
+    Returns:
+        A `Decoded`.
     """
-    model_type, limit = cfg.model.type, cfg.data.max_source_length
-    out = Decoded([None] * len(lines), [None] * len(lines))
-    if model_type == "encoder_classifier":
-        names = list(data.labels.tags)
-        out.probabilities = [None] * len(lines)
-        logits_fn = tf.function(
-            lambda ids: model({"source_ids": ids}, training=False),
-            input_signature=[tf.TensorSpec([None, None], tf.int32)],
+    return task.predict(model, data, lines, settings, batch_size, jit)
+
+
+def classify_lines(model, data, cfg, lines: list[str], batch_size: int) -> Decoded:
+    """A classifier's `predict`: the label of each line, with its probability."""
+    limit = cfg.data.max_source_length
+    names = list(data.labels.tags)
+    out = Decoded([None] * len(lines), [None] * len(lines), [None] * len(lines))
+    logits_fn = tf.function(
+        lambda ids: model({"source_ids": ids}, training=False),
+        input_signature=[tf.TensorSpec([None, None], tf.int32)],
+    )
+    for idx in length_sorted_batches(lines, batch_size):
+        ids = inference.encode_source(
+            data.source_tokenizer, tf.constant([lines[i] for i in idx]), limit
         )
-        for idx in length_sorted_batches(lines, batch_size):
-            ids = inference.encode_source(
-                data.source_tokenizer, tf.constant([lines[i] for i in idx]), limit
-            )
-            probs = tf.nn.softmax(tf.cast(logits_fn(ids), tf.float32), axis=-1).numpy()
-            for row, i in enumerate(idx):
-                best = int(np.argmax(probs[row]))
-                out.outputs[i], out.scores[i] = [names[best]], [float(probs[row, best])]
-                out.probabilities[i] = probs[row]
-        return out
-    decoder = inference.Decoder(model, model_type, settings, jit_compile=jit_compile)
+        probs = tf.nn.softmax(tf.cast(logits_fn(ids), tf.float32), axis=-1).numpy()
+        for row, i in enumerate(idx):
+            best = int(np.argmax(probs[row]))
+            out.outputs[i], out.scores[i] = [names[best]], [float(probs[row, best])]
+            out.probabilities[i] = probs[row]
+    return out
+
+
+def generate_lines(
+    task, model, data, lines: list[str], settings: dict, batch_size: int, jit=False
+) -> Decoded:
+    """A generation task's `predict`: the cached decoder on the task's encoding of each
+    line (a seq2seq source, an LM prompt), in length-sorted batches."""
+    limit = task.cfg.data.max_source_length
+    out = Decoded([None] * len(lines), [None] * len(lines))
+    decoder = inference.Decoder(model, task, settings, jit_compile=jit)
     for idx in length_sorted_batches(lines, batch_size):
         text = tf.constant([lines[i] for i in idx])
-        if model_type == "seq2seq":
-            inputs = {"source_ids": inference.encode_source(data.source_tokenizer, text, limit)}
-        else:
-            inputs = {"prompt_ids": inference.encode_prompt(data.source_tokenizer, text, limit)}
+        inputs = {task.decode_input_key: task.encode_text(data.source_tokenizer, text, limit)}
         result = decoder(inputs)
         ids = result.ids if result.ids.shape.rank == 3 else result.ids[:, None]
         flat = tf.reshape(ids, [-1, tf.shape(ids)[2]])
@@ -145,114 +157,87 @@ def decode_with_model(
     return out
 
 
-def decode_with_export(
-    loaded, model_type: str, lines: list[str], settings: dict, batch_size: int
-) -> Decoded:
-    """As `decode_with_model`, through a loaded SavedModel's `decode` or `classify`."""
+def decode_with_export(task, loaded, lines: list[str], settings: dict, batch_size: int) -> Decoded:
+    """As `decode_with_model`, through a loaded SavedModel (the task's `predict_exported`)."""
+    return task.predict_exported(loaded, lines, settings, batch_size)
+
+
+def classify_with_export(loaded, lines: list[str], batch_size: int) -> Decoded:
+    """A classifier's `predict_exported`: the `classify` signature."""
+    out = Decoded([None] * len(lines), [None] * len(lines), [None] * len(lines))
+    for idx in length_sorted_batches(lines, batch_size):
+        result = loaded.signatures["classify"](text=tf.constant([lines[i] for i in idx]))
+        labels, scores = _strings(result["label"].numpy()), result["score"].numpy()
+        probs = result["probabilities"].numpy()
+        for row, i in enumerate(idx):
+            out.outputs[i], out.scores[i] = [labels[row]], [float(scores[row])]
+            out.probabilities[i] = probs[row]
+    return out
+
+
+def generate_with_export(loaded, lines: list[str], settings: dict, batch_size: int) -> Decoded:
+    """A generation task's `predict_exported`: the `decode` signature with `settings`."""
     out = Decoded([None] * len(lines), [None] * len(lines))
-    if model_type == "encoder_classifier":
-        out.probabilities = [None] * len(lines)
     defaults = inference.request_defaults(settings)
     request = {
         name: tf.constant(defaults[name], dtype) for name, dtype in inference.REQUEST_SETTINGS
     }
     for idx in length_sorted_batches(lines, batch_size):
-        text = tf.constant([lines[i] for i in idx])
-        if model_type == "encoder_classifier":
-            result = loaded.signatures["classify"](text=text)
-            labels, scores = _strings(result["label"].numpy()), result["score"].numpy()
-            probs = result["probabilities"].numpy()
-            for row, i in enumerate(idx):
-                out.outputs[i], out.scores[i] = [labels[row]], [float(scores[row])]
-                out.probabilities[i] = probs[row]
-            continue
-        result = loaded.signatures["decode"](text=text, **request)
+        result = loaded.signatures["decode"](text=tf.constant([lines[i] for i in idx]), **request)
         texts, scores = result["outputs"].numpy(), result["scores"].numpy()
         for row, i in enumerate(idx):
             out.outputs[i], out.scores[i] = _strings(texts[row]), [float(s) for s in scores[row]]
     return out
 
 
-def predict_lines(path: str, lines: list[str], decoding: dict | None = None) -> list[str]:
-    """Decodes `lines` with a run directory or an exported SavedModel; input order kept.
-
-    Args:
-        path: str. A run directory or an export directory.
-        lines: list of str.
-        decoding: dict. Overrides of the `decoding:` settings (CLI flags), `batch_size`,
-            and `jit_compile` (run directories: decode with XLA, see
-            `inference.Decoder`; default: `decoding.jit_compile` if the config has it).
-
-    Returns:
-        The output lines (see the module docstring).
-    """
-    from kerastx.config import load_experiment
-
-    decoding = dict(decoding or {})
-    batch_size = decoding.pop("batch_size", None)
-    jit_compile = decoding.pop("jit_compile", None)
-    exported = os.path.exists(os.path.join(path, "saved_model.pb"))
-    if exported:
-        import tensorflow_text  # noqa: F401 - registers the tokenizer ops
-
-        cfg, _ = load_experiment([os.path.join(path, "assets", "config.yaml")])
-    else:
-        from kerastx.runs import load_run
-
-        run = load_run(path)
-        cfg = run.cfg
-    if cfg.model.num_conditions or cfg.model.condition_dim:
-        raise KerastxError("predict: models with a condition are not supported yet")
-    settings = inference.settings_from_config(cfg.decoding, **decoding)
-    batch_size = batch_size or cfg.decoding.batch_size
-    if exported:
-        loaded = tf.saved_model.load(path)
-        decoded = decode_with_export(loaded, cfg.model.type, lines, settings, batch_size)
-    else:
-        if jit_compile is None:
-            jit_compile = cfg.decoding.jit_compile
-        decoded = decode_with_model(
-            run.model, run.data, cfg, lines, settings, batch_size, bool(jit_compile)
-        )
-    beam = settings["strategy"] == "beam" and cfg.model.type != "encoder_classifier"
-    return _format(decoded, settings["n_best"] if beam else 1)
-
-
-def run(
-    path: str,
-    input_path: str | None = None,
-    output_path: str | None = None,
-    decoding: dict | None = None,
-) -> int:
-    """`kerastx predict PATH`: decodes a file (or stdin) line by line."""
-    if not os.path.isdir(path):
-        raise KerastxError(f"{path}: no such run or export directory")
-    lines = _read_lines(input_path)
-    _write_lines(output_path, predict_lines(path, lines, decoding))
-    return 0
+def format_outputs(decoded: Decoded, n_best: int) -> list[str]:
+    """The output lines: one per input, or `INDEX ||| OUTPUT ||| SCORE` n-best lines."""
+    return _format(decoded, n_best)
 
 
 def _target_pieces(tokenizer, texts: list[str]) -> tf.RaggedTensor:
     return tf.cast(tokenizer.tokenize(tf.constant(texts, tf.string)), tf.int32)
 
 
-def run_score(path: str, source: str, target: str, output_path: str | None = None) -> int:
-    """`kerastx score RUN_DIR`: log-probability of each target given its source.
+def seq2seq_score_inputs(task, data, sources: list[str], targets: list[str]):
+    """Scored pairs of an encoder-decoder: `log p(target | source)`."""
+    pieces = _target_pieces(data.target_tokenizer, targets)
+    bos, eos = _specials(len(targets))
+    limit = task.cfg.data.max_source_length
+    source_ids = inference.encode_source(data.source_tokenizer, tf.constant(sources), limit)
+    target_in = tf.concat([bos, pieces], axis=1).to_tensor()
+    target_out = tf.concat([pieces, eos], axis=1)
+    scored = tf.ones_like(target_out, tf.bool).to_tensor(False)
+    return {"source_ids": source_ids, "target_in_ids": target_in}, target_out, scored
 
-    seq2seq: `log p(target | source)`; decoder_lm: `log p(target | source)` with the
-    source line as the prompt (an empty source line scores the target alone). Writes one
-    line per pair: the summed log-probability (natural log, EOS included) and the number
-    of scored target tokens, tab-separated.
-    """
-    from kerastx.runs import load_run
 
-    sources, targets = _read_lines(source), _read_lines(target)
-    if len(sources) != len(targets):
-        raise KerastxError(f"{source} has {len(sources)} lines but {target} has {len(targets)}")
-    run_ = load_run(path)
-    cfg, data, model = run_.cfg, run_.data, run_.model
-    if cfg.model.type not in ("seq2seq", "decoder_lm"):
-        raise KerastxError(f"score: a model of type '{cfg.model.type}' has no targets to score")
+def lm_score_inputs(task, data, sources: list[str], targets: list[str]):
+    """Scored pairs of an LM: BOS + prompt + target -> prompt + target + EOS; only
+    target + EOS scored (an empty source scores the target alone)."""
+    del task
+    pieces = _target_pieces(data.target_tokenizer, targets)
+    bos, eos = _specials(len(targets))
+    prompt = _target_pieces(data.source_tokenizer, sources)
+    inputs = {"token_ids": tf.concat([bos, prompt, pieces], axis=1).to_tensor()}
+    target_out = tf.concat([prompt, pieces, eos], axis=1)
+    scored = tf.concat(
+        [tf.zeros_like(prompt, tf.bool), tf.ones_like(tf.concat([pieces, eos], 1), tf.bool)],
+        axis=1,
+    ).to_tensor(False)
+    return inputs, target_out, scored
+
+
+def _specials(count: int):
+    ones = tf.ones([count, 1], tf.int32)
+    return (
+        tf.RaggedTensor.from_tensor(ones * BOS_ID),
+        tf.RaggedTensor.from_tensor(ones * EOS_ID),
+    )
+
+
+def score_pairs(task, model, data, sources: list[str], targets: list[str]) -> list[str]:
+    """`kerastx score` lines: the summed log-probability of each target (natural log,
+    EOS included) and the number of scored tokens, tab-separated."""
 
     @tf.function(reduce_retracing=True)
     def logprob(inputs, target_out, scored):
@@ -263,31 +248,11 @@ def run_score(path: str, source: str, target: str, output_path: str | None = Non
         return tf.reduce_sum(picked * mask, axis=1), tf.reduce_sum(mask, axis=1)
 
     lines = []
-    step = cfg.decoding.batch_size
+    step = task.cfg.decoding.batch_size
     for start in range(0, len(sources), step):
-        src, tgt = sources[start : start + step], targets[start : start + step]
-        pieces = _target_pieces(data.target_tokenizer, tgt)
-        ones = tf.ones([len(tgt), 1], tf.int32)
-        bos, eos = tf.RaggedTensor.from_tensor(ones), tf.RaggedTensor.from_tensor(ones * 2)
-        if cfg.model.type == "seq2seq":
-            limit = cfg.data.max_source_length
-            source_ids = inference.encode_source(data.source_tokenizer, tf.constant(src), limit)
-            target_in = tf.concat([bos, pieces], axis=1).to_tensor()
-            inputs = {"source_ids": source_ids, "target_in_ids": target_in}
-            target_out = tf.concat([pieces, eos], axis=1)
-            scored = tf.ones_like(target_out, tf.bool).to_tensor(False)
-        else:  # BOS + prompt + target -> prompt + target + EOS; only target + EOS scored
-            prompt = _target_pieces(data.source_tokenizer, src)
-            inputs = {"token_ids": tf.concat([bos, prompt, pieces], axis=1).to_tensor()}
-            target_out = tf.concat([prompt, pieces, eos], axis=1)
-            scored = tf.concat(
-                [
-                    tf.zeros_like(prompt, tf.bool),
-                    tf.ones_like(tf.concat([pieces, eos], 1), tf.bool),
-                ],
-                axis=1,
-            ).to_tensor(False)
+        inputs, target_out, scored = task.score_inputs(
+            data, sources[start : start + step], targets[start : start + step]
+        )
         total, count = logprob(inputs, target_out.to_tensor(), scored)
         lines.extend(f"{t:.6f}\t{int(c)}" for t, c in zip(total.numpy(), count.numpy()))
-    _write_lines(output_path, lines)
-    return 0
+    return lines

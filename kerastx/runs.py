@@ -7,15 +7,20 @@ import os
 
 import tensorflow as tf
 
+from kerastx import tasks
 from kerastx.config import CONFIG_FILE, ConfigError, ExperimentConfig, load_experiment, typed
+from kerastx.data import build_data
 from kerastx.errors import KerastxError
+from kerastx.models.build import build_model
+from kerastx.train.checkpoints import model_checkpoint
 
 
 @dataclasses.dataclass
 class Run:
-    """A loaded run: resolved config, data module, model with restored weights."""
+    """A loaded run: resolved config, its task, data module, model with restored weights."""
 
     cfg: ExperimentConfig
+    task: tasks.Task
     data: object
     model: object
     checkpoint: str
@@ -59,17 +64,13 @@ def checkpoint_to_load(run_dir: str) -> str:
 
 
 def load_run(run_dir: str, overrides: list[str] | None = None) -> Run:
-    """Loads a run's config, data and model, restoring the model's weights."""
-    from kerastx.data import build_data
-    from kerastx.train import builders
-    from kerastx.train.checkpoints import model_checkpoint
-
+    """Loads a run's config, data and model (float32), restoring the model's weights."""
     cfg = load_config(run_dir, overrides)
+    task = tasks.create(cfg)
     data = build_data(cfg)
-    builders.set_precision("none")
-    model = builders.build_model(cfg, data)
+    model = build_model(task, data, "none")
     path = checkpoint_to_load(run_dir)
     status = model_checkpoint(model).read(path)
     status.expect_partial()
     status.assert_existing_objects_matched()
-    return Run(cfg=cfg, data=data, model=model, checkpoint=path)
+    return Run(cfg=cfg, task=task, data=data, model=model, checkpoint=path)

@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_text  # noqa: F401 - registers the tokenizer ops of the SavedModel
 
-from kerastx import export, inference, predict
+from kerastx import export, inference, predict, workflow
 from kerastx.data import synthetic
 from kerastx.runs import load_run
 from tests import trained_runs
@@ -135,7 +135,7 @@ def test_parity_check_fails_when_the_model_differs(exported):
     run = load_run(exported)
     run.model.variables[0].assign(run.model.variables[0] * 0.0)  # the source embeddings
     with pytest.raises(export.ExportParityError, match="export parity check failed on"):
-        export.parity_check(os.path.join(exported, "export"), run.model, run.data, run.cfg, 20)
+        export.parity_check(os.path.join(exported, "export"), run.task, run.model, run.data, 20)
 
 
 SERVE = r"""
@@ -176,7 +176,7 @@ def test_serves_in_a_process_without_kerastx_after_the_checkpoints_are_deleted(
     assert len(lines) == 50
     run = load_run(copy_run)
     settings = inference.settings_from_config(run.cfg.decoding)
-    before = predict.decode_with_model(run.model, run.data, run.cfg, lines, settings, 64)
+    before = predict.decode_with_model(run.task, run.model, run.data, lines, settings, 64)
     served = str(tmp_path / "served_run")
     shutil.copytree(exported, served)
     shutil.rmtree(os.path.join(served, "checkpoints"))
@@ -211,8 +211,8 @@ def test_decoder_lm_continues_a_prompt_in_the_framework_and_the_export(lm_run):
     expected = [trained_runs.counting_line(letters.index(p[-1]) + 1) for p in prompts]
     assert expected[0] == "f g h i j k l m n o p q r s t u v w x"
     export_dir = os.path.join(lm_run, "export")
-    assert predict.predict_lines(lm_run, prompts) == expected
-    assert predict.predict_lines(export_dir, prompts) == expected
+    assert workflow.predict_lines(lm_run, prompts) == expected
+    assert workflow.predict_lines(export_dir, prompts) == expected
     loaded = tf.saved_model.load(export_dir)
     assert set(loaded.signatures) == {"serving_default", "decode", "decode_ids"}
     assert "prompt_ids" in loaded.signatures["decode_ids"].structured_input_signature[1]
@@ -246,5 +246,5 @@ def test_classifier_export_returns_labels_and_probabilities(classifier_run):
     ]
     np.testing.assert_allclose(out["score"], probs.max(axis=1))
     labels = [t.decode() for t in out["label"].numpy()]
-    assert predict.predict_lines(classifier_run, texts) == labels
-    assert predict.predict_lines(export_dir, texts) == labels
+    assert workflow.predict_lines(classifier_run, texts) == labels
+    assert workflow.predict_lines(export_dir, texts) == labels

@@ -58,7 +58,7 @@ def test_decode_request_equals_decode_batch_for_every_strategy(copy_model):
     settings = inference.settings_from_config(copy_model.cfg.decoding)
     run = tf.function(
         lambda request: inference.decode_request(
-            copy_model.model, "seq2seq", {"source_ids": source_ids}, request, settings
+            copy_model.model, copy_model.task, {"source_ids": source_ids}, request, settings
         )
     )
     cases = [
@@ -69,7 +69,7 @@ def test_decode_request_equals_decode_batch_for_every_strategy(copy_model):
     ]
     for overrides, request in cases:
         want = inference.decode_batch(
-            copy_model.model, "seq2seq", {"source_ids": source_ids}, {**settings, **overrides}
+            copy_model.model, copy_model.task, {"source_ids": source_ids}, {**settings, **overrides}
         )
         defaults = inference.request_defaults({**settings, **overrides})
         tensors = {
@@ -87,9 +87,11 @@ def test_beam_size_one_is_greedy(copy_model):
     source_ids = _sources(copy_model, 4, seed=5)
     settings = inference.settings_from_config(copy_model.cfg.decoding)
     inputs = {"source_ids": source_ids}
-    greedy = inference.decode_batch(copy_model.model, "seq2seq", inputs, settings)
+    greedy = inference.decode_batch(copy_model.model, copy_model.task, inputs, settings)
     beam = {**settings, "strategy": "beam", "beam_size": 1, "n_best": 1}
-    assert_same_result(inference.decode_batch(copy_model.model, "seq2seq", inputs, beam), greedy)
+    assert_same_result(
+        inference.decode_batch(copy_model.model, copy_model.task, inputs, beam), greedy
+    )
 
 
 @pytest.mark.parametrize(
@@ -97,8 +99,8 @@ def test_beam_size_one_is_greedy(copy_model):
 )
 def test_xla_decoder_equals_the_dynamic_decoder(copy_model, overrides):
     settings = inference.settings_from_config(copy_model.cfg.decoding, **overrides)
-    plain = inference.Decoder(copy_model.model, "seq2seq", settings)
-    xla = inference.Decoder(copy_model.model, "seq2seq", settings, jit_compile=True)
+    plain = inference.Decoder(copy_model.model, copy_model.task, settings)
+    xla = inference.Decoder(copy_model.model, copy_model.task, settings, jit_compile=True)
     for count, seed in ((5, 1), (7, 2), (8, 3)):  # batches padded to 8 rows
         inputs = {"source_ids": _sources(copy_model, count, seed)}
         assert_same_result(xla(inputs), plain(inputs))
@@ -113,8 +115,8 @@ def test_xla_decoder_equals_the_dynamic_decoder_for_a_decoder_lm(lm_model, overr
     settings = inference.settings_from_config(lm_model.cfg.decoding, **overrides)
     prompts = tf.constant(["c d e", "k", "", "p q r s t u"])
     inputs = {"prompt_ids": inference.encode_prompt(lm_model.data.source_tokenizer, prompts, 32)}
-    plain = inference.Decoder(lm_model.model, "decoder_lm", settings)(inputs)
-    xla = inference.Decoder(lm_model.model, "decoder_lm", settings, jit_compile=True)(inputs)
+    plain = inference.Decoder(lm_model.model, lm_model.task, settings)(inputs)
+    xla = inference.Decoder(lm_model.model, lm_model.task, settings, jit_compile=True)(inputs)
     assert_same_result(xla, plain)
     texts = lm_model.data.target_tokenizer.detokenize(inference.best_ids(plain)).numpy()
     assert texts[0].decode() == trained_runs.counting_line(5)  # "f g ... x"
@@ -124,10 +126,10 @@ def test_sampling_runs_without_xla_so_seeded_samples_do_not_change(copy_model):
     settings = inference.settings_from_config(
         copy_model.cfg.decoding, strategy="sample", seed=7, temperature=1.5
     )
-    decoder = inference.Decoder(copy_model.model, "seq2seq", settings, jit_compile=True)
+    decoder = inference.Decoder(copy_model.model, copy_model.task, settings, jit_compile=True)
     assert not decoder.jit_compile
     inputs = {"source_ids": _sources(copy_model, 6, seed=4)}
-    plain = inference.Decoder(copy_model.model, "seq2seq", settings)
+    plain = inference.Decoder(copy_model.model, copy_model.task, settings)
     assert_same_result(decoder(inputs), plain(inputs))
 
 
@@ -137,7 +139,7 @@ def test_uncached_greedy_baseline_of_the_bench_equals_cached_greedy(copy_model):
     source_ids = _sources(copy_model, 6, seed=7)
     settings = inference.settings_from_config(copy_model.cfg.decoding, strategy="greedy")
     want = inference.decode_batch(
-        copy_model.model, "seq2seq", {"source_ids": source_ids}, settings
+        copy_model.model, copy_model.task, {"source_ids": source_ids}, settings
     ).ids.numpy()
     got = uncached_greedy_fn(copy_model.model, settings["max_length"])(source_ids).numpy()
     width = max(want.shape[1], got.shape[1])

@@ -2,7 +2,7 @@
 
 import pytest
 
-from kerastx import metrics
+from kerastx import metrics, tasks
 
 
 def test_edit_distance():
@@ -37,5 +37,5 @@ def test_accuracy_and_bleu():
 def test_task_metrics_and_defaults():
     out = metrics.task_metrics(["wer", "accuracy"], ["A"], [["A"]])
     assert out["wer"] == 0.0 and out["accuracy"] == 100.0 and "bleu" not in out
-    assert metrics.default_metrics("seq2seq", "cmudict") == ["wer", "per"]
-    assert metrics.default_metrics("encoder_classifier", "tsv") == ["accuracy"]
+    assert tasks.get("seq2seq").default_metrics("cmudict") == ("wer", "per")
+    assert tasks.get("encoder_classifier").default_metrics("tsv") == ("accuracy",)

@@ -57,7 +57,7 @@ def test_run_dir_and_export_dir_give_the_same_outputs_in_input_order(
     # Each line decoded alone gives the same output: the order is the input order.
     run = load_run(copy_run)
     settings = inference.settings_from_config(run.cfg.decoding)
-    alone = predict.decode_with_model(run.model, run.data, run.cfg, LINES, settings, 1)
+    alone = predict.decode_with_model(run.task, run.model, run.data, LINES, settings, 1)
     assert outputs["run"] == [o[0] for o in alone.outputs]
 
 
@@ -79,11 +79,11 @@ def test_n_best_output_format(copy_run, export_dir, tmp_path):
         assert run[2 * i][1] != run[2 * i + 1][1]
 
 
-def _scored_pairs(loaded, model_type, texts, key, encode):
+def _scored_pairs(loaded, texts, key, encode):
     """Greedy outputs that end with EOS, with their ids and log-probabilities."""
     settings = inference.settings_from_config(loaded.cfg.decoding)
     ids = encode(loaded.data.source_tokenizer, tf.constant(texts), 32)
-    result = inference.Decoder(loaded.model, model_type, settings)({key: ids})
+    result = inference.Decoder(loaded.model, loaded.task, settings)({key: ids})
     outputs = loaded.data.target_tokenizer.detokenize(result.ids).numpy()
     keep = []
     for b, length in enumerate(result.lengths.numpy()):
@@ -104,7 +104,7 @@ def _score(run_dir, pairs, tmp_path):
 
 def test_score_equals_the_log_probability_of_the_decoder(copy_run, tmp_path):
     loaded = load_run(copy_run)
-    pairs = _scored_pairs(loaded, "seq2seq", LINES, "source_ids", inference.encode_source)
+    pairs = _scored_pairs(loaded, LINES, "source_ids", inference.encode_source)
     scored = _score(copy_run, pairs, tmp_path)
     np.testing.assert_allclose([s for s, _ in scored], [p[2] for p in pairs], atol=1e-4)
     assert [n for _, n in scored] == [p[3] for p in pairs]
@@ -114,7 +114,7 @@ def test_score_of_a_decoder_lm_continuation(tmp_path_factory, tmp_path):
     run_dir = trained_runs.lm_run(tmp_path_factory.getbasetemp())
     loaded = load_run(run_dir)
     prompts = ["c d e", "k", "", "p q r s t u"]
-    pairs = _scored_pairs(loaded, "decoder_lm", prompts, "prompt_ids", inference.encode_prompt)
+    pairs = _scored_pairs(loaded, prompts, "prompt_ids", inference.encode_prompt)
     scored = _score(run_dir, pairs, tmp_path)
     np.testing.assert_allclose([s for s, _ in scored], [p[2] for p in pairs], atol=1e-4)
     assert [n for _, n in scored] == [p[3] for p in pairs]

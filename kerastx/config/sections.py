@@ -12,12 +12,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from kerastx import tasks
 from kerastx.config.typed import option
 
 CORPUS_TYPES = ("parallel", "tsv", "tfrecord", "text", "labelled", "synthetic", "cmudict")
 TOKENIZER_TYPES = ("chars", "words", "wordpiece", "sentencepiece", "symbols")
-MODEL_TYPES = ("seq2seq", "decoder_lm", "encoder_classifier")
-_S2S, _LM, _CLS = ("seq2seq",), ("decoder_lm",), ("encoder_classifier",)
+# What each `training.init_parts` entry copies from `training.init_from`, by variable path.
+INIT_PARTS = {
+    "encoder": "encoder layers and the encoder's final norm",
+    "decoder": "decoder layers and the decoder's final norm",
+    "embeddings": "token, learned-position and condition embedding tables",
+    "output": "the output projection (untied output kernel, output bias, classifier head)",
+    "optimizer": "the optimizer state (same optimizer and variables needed)",
+}
 
 
 @dataclass(kw_only=True)
@@ -186,19 +193,22 @@ class DataConfig:
 
 @dataclass(kw_only=True)
 class ModelConfig:
-    """The network; keys equal the model constructor's arguments (vocab sizes come from data)."""
+    """The network; keys equal the model constructor's arguments (vocab sizes come from data).
 
-    type: str = option("seq2seq", doc="model family", choices=MODEL_TYPES)
+    Each family reads the keys its task lists (`kerastx.tasks`, `Task.model_keys`);
+    `validate` refuses a key set for a family that does not read it.
+    """
+
+    type: str = option("seq2seq", doc="model family", choices=tasks.Names())
     d_model: int = option(512, doc="width of embeddings and hidden states", unit="units", ge=1)
     num_heads: int = option(8, doc="attention heads per attention layer", unit="heads", ge=1)
-    num_encoder_layers: int = option(6, doc="encoder layers", unit="layers", ge=1, applies_to=_S2S)
-    num_decoder_layers: int = option(6, doc="decoder layers", unit="layers", ge=1, applies_to=_S2S)
+    num_encoder_layers: int = option(6, doc="encoder layers", unit="layers", ge=1)
+    num_decoder_layers: int = option(6, doc="decoder layers", unit="layers", ge=1)
     num_layers: int = option(
         6,
         doc="layers of a decoder-only LM or encoder-only classifier",
         unit="layers",
         ge=1,
-        applies_to=_LM + _CLS,
     )
     ffn_dim: int = option(2048, doc="inner width of the feed-forward block", unit="units", ge=1)
     activation: str = option(
@@ -231,12 +241,10 @@ class ModelConfig:
         doc="tie embeddings: none, target_output (decoder input = output projection), all "
         "(source, target, output; needs data.shared_vocab)",
         choices=("none", "target_output", "all"),
-        applies_to=_S2S,
     )
     tie_embeddings: bool = option(
         True,
         doc="decoder-only LM: output projection shares the input embedding",
-        applies_to=_LM,
     )
     scale_embeddings: bool = option(True, doc="multiply embeddings by sqrt(d_model)")
     num_experts: int = option(
@@ -272,7 +280,6 @@ class ModelConfig:
         "mean",
         doc="classifier pooling over positions",
         choices=("mean", "first", "max"),
-        applies_to=_CLS,
     )
 
 

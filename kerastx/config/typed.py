@@ -39,7 +39,6 @@ def option(
     le: float | None = None,
     lt: float | None = None,
     resume_safe: bool = False,
-    applies_to: tuple[str, ...] | None = None,
     default_factory: Any = MISSING,
 ) -> Any:
     """Declares a config field.
@@ -52,8 +51,6 @@ def option(
         choices: tuple or None. The allowed values.
         ge, gt, le, lt: float or None. Bounds, inclusive (ge, le) or strict (gt, lt).
         resume_safe: bool. Whether the field may change when a run is resumed.
-        applies_to: tuple of str or None. For `model:` fields, the model types that read
-            the field; setting it for another type is an error.
         default_factory: a callable making the default (for lists and sections).
     """
     meta = {
@@ -65,7 +62,6 @@ def option(
         "le": le,
         "lt": lt,
         "resume_safe": resume_safe,
-        "applies_to": applies_to,
     }
     if default_factory is not MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=meta)

@@ -5,16 +5,13 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING
 
+from kerastx import metrics, tasks
 from kerastx.config import typed
 from kerastx.config.errors import ConfigError
-from kerastx.config.sections import CorpusConfig, ExperimentConfig
+from kerastx.config.sections import INIT_PARTS, CorpusConfig, ExperimentConfig
 
 if TYPE_CHECKING:
     from kerastx.config.loader import Provenance
-
-TASK_METRICS = ("wer", "per", "bleu", "chrf", "accuracy")
-LOSS_METRICS = ("loss", "perplexity", "token_accuracy")
-INIT_PARTS = ("encoder", "decoder", "embeddings", "output", "optimizer")
 
 # The keys each corpus type reads, beyond `type` and `weight`.
 CORPUS_KEYS = {
@@ -32,12 +29,6 @@ CORPUS_REQUIRED = {
     "tfrecord": ("path",),
     "text": ("path",),
     "labelled": ("path",),
-}
-# Corpus types that give each model family what it trains on.
-MODEL_CORPORA = {
-    "seq2seq": ("parallel", "tsv", "tfrecord", "synthetic", "cmudict"),
-    "decoder_lm": ("text", "tsv", "tfrecord", "synthetic", "parallel", "cmudict"),
-    "encoder_classifier": ("labelled", "tsv", "tfrecord"),
 }
 
 
@@ -58,7 +49,7 @@ class _Checker:
         self.errors.append(f"{typed.where(path, self.prov.locations)}: {message}")
 
 
-def _check_corpus(c: _Checker, corpus: CorpusConfig, path: tuple, model_type: str) -> None:
+def _check_corpus(c: _Checker, corpus: CorpusConfig, path: tuple, task) -> None:
     reads = CORPUS_KEYS[corpus.type]
     for f in dataclasses.fields(CorpusConfig):
         if f.name in ("type", "weight") or f.name in reads:
@@ -76,11 +67,54 @@ def _check_corpus(c: _Checker, corpus: CorpusConfig, path: tuple, model_type: st
             path + ("min_length",),
             f"must be <= max_length ({corpus.max_length}); got {corpus.min_length}",
         )
-    if corpus.type not in MODEL_CORPORA[model_type]:
+    if corpus.type not in task.corpus_types:
         c.fail(
             path + ("type",),
-            f"corpus type '{corpus.type}' cannot feed a '{model_type}' "
-            f"model (use one of: {', '.join(MODEL_CORPORA[model_type])})",
+            f"corpus type '{corpus.type}' cannot feed a '{task.name}' "
+            f"model (use one of: {', '.join(task.corpus_types)})",
+        )
+
+
+def _check_model_keys(c: _Checker, cfg: ExperimentConfig, task) -> None:
+    """`model:` keys set (away from their default) that the chosen family does not read."""
+    m = cfg.model
+    for f in dataclasses.fields(type(m)):
+        if f.name == "type" or f.name in task.model_keys:
+            continue
+        if c.prov.explicit(("model", f.name)) and getattr(m, f.name) != f.default:
+            readers = [name for name in tasks.names() if f.name in tasks.get(name).model_keys]
+            c.fail(
+                ("model", f.name),
+                f"not used by model type '{m.type}' (only by {', '.join(readers)})",
+            )
+
+
+def _check_metrics(c: _Checker, cfg: ExperimentConfig, task) -> None:
+    """Metrics the task cannot compute, and a best metric it will not report."""
+    e = cfg.evaluation
+    for metric in e.metrics:
+        if metric not in task.decoded_metrics:
+            known = metric in metrics.METRICS
+            c.fail(
+                ("evaluation", "metrics"),
+                f"{'a' if known else 'unknown'} metric {metric!r}"
+                + (f" is not computed by model type '{task.name}'" if known else "")
+                + f" (use: {', '.join(task.decoded_metrics) or 'none: leave it empty'})",
+            )
+    computed = task.metric_names(cfg)
+    if e.best_metric not in computed:
+        known = e.best_metric in metrics.METRICS
+        why = (
+            f"is not computed for this experiment (model type '{task.name}', "
+            f"evaluation.metrics={list(task.chosen_metrics(cfg))})"
+            if known
+            else "is not a metric"
+        )
+        also = [("evaluation", "early_stopping_patience")] if e.early_stopping_patience else []
+        c.fail(
+            ("evaluation", "best_metric"),
+            f"{e.best_metric!r} {why}; it computes: {', '.join(computed)}",
+            *also,
         )
 
 
@@ -91,21 +125,10 @@ def validate(cfg: ExperimentConfig, prov: Provenance) -> None:
         ConfigError: every broken rule, one line each, naming the key and its file:line.
     """
     c = _Checker(prov)
-    m, d, t, e, dec = cfg.model, cfg.data, cfg.training, cfg.evaluation, cfg.decoding
+    m, d, t, dec = cfg.model, cfg.data, cfg.training, cfg.decoding
 
-    # Model fields that the chosen model type does not read.
-    for f in dataclasses.fields(type(m)):
-        applies = f.metadata.get("applies_to")
-        if (
-            applies
-            and m.type not in applies
-            and prov.explicit(("model", f.name))
-            and getattr(m, f.name) != f.default
-        ):
-            c.fail(
-                ("model", f.name),
-                f"not used by model type '{m.type}' (only by {', '.join(applies)})",
-            )
+    task = tasks.get(m.type)
+    _check_model_keys(c, cfg, task)
     if m.d_model % m.num_heads:
         c.fail(
             ("model", "num_heads"),
@@ -128,11 +151,7 @@ def validate(cfg: ExperimentConfig, prov: Provenance) -> None:
             ("model", "condition_dim"),
             "set num_conditions (tags) or condition_dim (vectors), not both",
         )
-    if m.type == "seq2seq" and m.share_embeddings == "all" and not d.shared_vocab:
-        c.fail(
-            ("model", "share_embeddings"),
-            "'all' needs data.shared_vocab: true (one vocabulary for source and target)",
-        )
+    task.check_config(cfg, c.fail)
     for key in ("max_source_length", "max_target_length"):
         if getattr(d, key) > m.max_length:
             c.fail(
@@ -151,11 +170,11 @@ def validate(cfg: ExperimentConfig, prov: Provenance) -> None:
     if not d.train:
         c.fail(("data", "train"), "needs at least one training corpus")
     for i, corpus in enumerate(d.train):
-        _check_corpus(c, corpus, ("data", "train", i), m.type)
+        _check_corpus(c, corpus, ("data", "train", i), task)
     for split in ("dev", "test"):
         corpus = getattr(d, split)
         if corpus is not None:
-            _check_corpus(c, corpus, ("data", split), m.type)
+            _check_corpus(c, corpus, ("data", split), task)
 
     # Training.
     if t.profile_steps and (len(t.profile_steps) != 2 or t.profile_steps[0] > t.profile_steps[1]):
@@ -177,17 +196,7 @@ def validate(cfg: ExperimentConfig, prov: Provenance) -> None:
         )
 
     # Evaluation and decoding.
-    for metric in e.metrics:
-        if metric not in TASK_METRICS:
-            c.fail(
-                ("evaluation", "metrics"),
-                f"unknown metric {metric!r} (use: {', '.join(TASK_METRICS)})",
-            )
-    if e.best_metric not in LOSS_METRICS + TASK_METRICS:
-        c.fail(
-            ("evaluation", "best_metric"),
-            f"unknown metric {e.best_metric!r} (use: {', '.join(LOSS_METRICS + TASK_METRICS)})",
-        )
+    _check_metrics(c, cfg, task)
     if dec.strategy == "beam" and dec.n_best > dec.beam_size:
         c.fail(
             ("decoding", "n_best"),

@@ -42,7 +42,11 @@ from kerastx.data.tokenizers import (
     WordPieceTokenizer,
     make_tokenizer,
 )
-from kerastx.data.vocab import BOS, EOS, PAD, SPECIALS, UNK
+from kerastx.data.vocab import SPECIALS
+from kerastx.special_ids import BOS_ID as BOS
+from kerastx.special_ids import EOS_ID as EOS
+from kerastx.special_ids import PAD_ID as PAD
+from kerastx.special_ids import UNK_ID as UNK
 
 __all__ = [
     "BOS",

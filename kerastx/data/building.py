@@ -31,6 +31,7 @@ from collections.abc import Callable
 
 import tensorflow as tf
 
+from kerastx import tasks
 from kerastx.data import sources, tokenizers
 from kerastx.data import vocab as vocab_lib
 from kerastx.data.errors import DataError
@@ -171,7 +172,8 @@ def _write_manifest(vocab_dir: str, manifest: dict) -> None:
 
 def vocab_plan(cfg) -> dict[str, tuple[str, object | None, bool]]:
     """side -> (path, TokenizerConfig or None for tag files, given_by_user)."""
-    d, model_type = cfg.data, cfg.model.type
+    d, task = cfg.data, tasks.get(cfg.model.type)
+    own_target = task.target_vocabulary == "own"
     vocab_dir = os.path.join(cfg.run_dir, "vocab")
     plan: dict[str, tuple[str, object | None, bool]] = {}
 
@@ -181,7 +183,7 @@ def vocab_plan(cfg) -> dict[str, tuple[str, object | None, bool]]:
         ext = ".model" if tok.type == "sentencepiece" else ".txt"
         return os.path.join(vocab_dir, side + ext), tok, False
 
-    if model_type == "seq2seq" and d.shared_vocab:
+    if own_target and d.shared_vocab:
         if d.source_tokenizer.type != d.target_tokenizer.type:
             raise DataError(
                 f"data.shared_vocab needs one tokenizer type for both sides; "
@@ -191,9 +193,9 @@ def vocab_plan(cfg) -> dict[str, tuple[str, object | None, bool]]:
         plan["source"] = plan["target"] = file_for("shared", d.source_tokenizer)
     else:
         plan["source"] = file_for("source", d.source_tokenizer)
-        if model_type == "seq2seq":
+        if own_target:
             plan["target"] = file_for("target", d.target_tokenizer)
-    if model_type == "encoder_classifier":
+    if "label" in task.fields:
         plan["labels"] = (os.path.join(vocab_dir, "labels.txt"), None, False)
     if any(c.type in ("tsv", "tfrecord") and c.condition_column for c in d.train):
         plan["conditions"] = (os.path.join(vocab_dir, "conditions.txt"), None, False)
@@ -203,7 +205,7 @@ def vocab_plan(cfg) -> dict[str, tuple[str, object | None, bool]]:
 def load_train_corpora(cfg) -> list[sources.RawCorpus]:
     """Reads every training corpus of the experiment."""
     return [
-        sources.load_corpus(c, "train", i, cfg.model.type, cfg.data, cfg.seed)
+        sources.load_corpus(c, "train", i, tasks.get(cfg.model.type).fields, cfg.data, cfg.seed)
         for i, c in enumerate(cfg.data.train)
     ]
 

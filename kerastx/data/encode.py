@@ -19,9 +19,9 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
-from kerastx.data import vocab as vocab_lib
 from kerastx.data.errors import DataError
 from kerastx.data.sources import RawCorpus, example_id
+from kerastx.special_ids import UNK_ID
 
 _CHUNK = 16384
 
@@ -155,11 +155,11 @@ def encode_corpus(
         "truncated": int(over.sum()) if policy in ("truncate", "eval") else 0,
         "replaced": raw.replaced,
         "source_tokens": int(source.lengths.sum()),
-        "source_unk": int((source.values == vocab_lib.UNK).sum()),
+        "source_unk": int((source.values == UNK_ID).sum()),
     }
     if target is not None:
         counts["target_tokens"] = int(target.lengths.sum())
-        counts["target_unk"] = int((target.values == vocab_lib.UNK).sum())
+        counts["target_unk"] = int((target.values == UNK_ID).sum())
     label = condition = None
     if raw.label is not None and module.labels is not None:
         label = _tag_ids(raw.label, module.labels.tags, module.labels.path, raw.where, "label")[

@@ -12,6 +12,7 @@ import logging
 import numpy as np
 import tensorflow as tf
 
+from kerastx import tasks
 from kerastx.data import batching, building, encode, pipeline, sources, tokenizers
 from kerastx.data.errors import DataError
 
@@ -39,6 +40,7 @@ class DataModule:
     def __init__(self, cfg, paths: dict, raw_train=None):
         self.cfg = cfg
         self.model_type = cfg.model.type
+        self.task = tasks.get(cfg.model.type)  # the family's facts: fields, batch layout
         d = cfg.data
         self.source_tokenizer = tokenizers.make_tokenizer(
             d.source_tokenizer.type,
@@ -46,7 +48,7 @@ class DataModule:
             d.source_tokenizer.lowercase,
             name="source_tokenizer",
         )
-        if self.model_type == "seq2seq":
+        if self.task.target_vocabulary == "own":
             if paths["target"] == paths["source"]:
                 self.target_tokenizer = self.source_tokenizer
             else:
@@ -56,7 +58,7 @@ class DataModule:
                     d.target_tokenizer.lowercase,
                     name="target_tokenizer",
                 )
-        elif self.model_type == "decoder_lm":
+        elif self.task.target_vocabulary == "source":
             self.target_tokenizer = self.source_tokenizer
         else:
             self.target_tokenizer = None
@@ -65,7 +67,7 @@ class DataModule:
             tokenizers.TagVocabulary(paths["conditions"]) if "conditions" in paths else None
         )
         self.paths = dict(paths)
-        self.max_length = self._max_length()
+        self.max_length = self.task(cfg).max_length()
         self.boundaries = batching.bucket_boundaries(
             self.max_length, d.bucket_width, d.bucket_growth
         )
@@ -75,12 +77,6 @@ class DataModule:
         self._store: pipeline.Store | None = None
 
     # -- loading -------------------------------------------------------------------------
-
-    def _max_length(self) -> int:
-        d = self.cfg.data
-        if self.model_type == "seq2seq":
-            return max(d.max_source_length, d.max_target_length)
-        return d.max_source_length
 
     def _limits(self) -> tuple[int, int]:
         return self.cfg.data.max_source_length, self.cfg.data.max_target_length
@@ -114,7 +110,7 @@ class DataModule:
             if corpus is None:
                 raise DataError(f"data.{split}: no {split} corpus in the experiment")
             raw = sources.load_corpus(
-                corpus, split, 0, self.model_type, self.cfg.data, self.cfg.seed
+                corpus, split, 0, self.task.fields, self.cfg.data, self.cfg.seed
             )
             enc = encode.encode_corpus(raw, 0, self, self._limits(), "eval")
             _log_counts(enc.name, enc.counts)
@@ -219,7 +215,7 @@ class DataModule:
             return pipeline.train_dataset(
                 planner,
                 store,
-                self.model_type,
+                self.task.layout,
                 start,
                 pipes,
                 pipe,
@@ -259,7 +255,7 @@ class DataModule:
             else None,
         )
         src, tgt = enc.model_lengths()
-        return pipeline.eval_dataset(store, self.model_type, src, tgt, self.boundaries, batch_size)
+        return pipeline.eval_dataset(store, self.task.layout, src, tgt, self.boundaries, batch_size)
 
     def references(self, split: str) -> dict[str, list[str]]:
         """Source text -> every distinct reference of it in the split, in file order.

@@ -23,9 +23,10 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
-from kerastx.data import vocab as vocab_lib
+from kerastx.special_ids import BOS_ID as BOS
+from kerastx.special_ids import EOS_ID as EOS
+from kerastx.special_ids import PAD_ID as PAD
 
-PAD, BOS, EOS = vocab_lib.PAD, vocab_lib.BOS, vocab_lib.EOS
 _FOREVER = 2**62
 
 
@@ -69,32 +70,29 @@ def _with_bos(tokens: tf.RaggedTensor, length) -> tf.Tensor:
     return tf.concat([tf.fill(tf.stack([batch, 1]), tf.constant(BOS, tf.int32)), body], axis=1)
 
 
-def materialize(store: Store, model_type: str, rows, source_length, target_length) -> dict:
+def materialize(store: Store, layout: dict, rows, source_length, target_length) -> dict:
     """Gathers the rows of a batch and pads them; the batch keys of the data contract.
 
     Args:
         store: Store.
-        model_type: str. seq2seq, decoder_lm or encoder_classifier.
+        layout: dict. The family's batch layout (`Task.layout`): key -> (field,
+            framing); framing "eos" = tokens + EOS, "bos" = BOS + tokens, None = one
+            id per example.
         rows: `(B,)` int64 rows.
-        source_length: scalar int. Padded source length (LM: padded text length).
-        target_length: scalar int. Padded target length (seq2seq).
+        source_length: scalar int. Padded length of source-field keys.
+        target_length: scalar int. Padded length of target-field keys.
 
     Returns:
         dict of tensors (see the package docstring).
     """
-    source = tf.gather(store.source, rows)
+    names = dict.fromkeys(name for name, _ in layout.values())
+    fields = {name: tf.gather(getattr(store, name), rows) for name in names}
+    lengths = {"source": source_length, "target": target_length}
+    frame = {"eos": _with_eos, "bos": _with_bos}
     batch: dict = {}
-    if model_type == "seq2seq":
-        target = tf.gather(store.target, rows)
-        batch["source_ids"] = _with_eos(source, source_length)
-        batch["target_in_ids"] = _with_bos(target, target_length)
-        batch["target_out_ids"] = _with_eos(target, target_length)
-    elif model_type == "decoder_lm":
-        batch["token_ids"] = _with_bos(source, source_length)
-        batch["target_out_ids"] = _with_eos(source, source_length)
-    else:
-        batch["source_ids"] = _with_eos(source, source_length)
-        batch["label"] = tf.gather(store.label, rows)
+    for key, (name, framing) in layout.items():
+        value = fields[name]
+        batch[key] = value if framing is None else frame[framing](value, lengths[name])
     batch["example_id"] = tf.gather(store.example_id, rows)
     if store.condition is not None:
         batch["condition"] = tf.gather(store.condition, rows)
@@ -115,7 +113,7 @@ def _options() -> tf.data.Options:
 def train_dataset(
     planner,
     store: Store,
-    model_type: str,
+    layout: dict,
     start: tuple[int, int],
     num_pipelines: int = 1,
     pipeline_id: int = 0,
@@ -127,7 +125,7 @@ def train_dataset(
     Args:
         planner: batching.Planner (with the per-replica capacities).
         store: Store of the training examples.
-        model_type: str.
+        layout: dict. The family's batch layout (see `materialize`).
         start: (epoch, index). Position of the first batch of the stream.
         num_pipelines: int. P, the number of input pipelines.
         pipeline_id: int. This pipeline, 0 .. P-1.
@@ -167,7 +165,7 @@ def train_dataset(
         ds = ds.map(lambda i, x: x)
 
     def build(rows, length, epoch, index):
-        batch = materialize(store, model_type, rows, length, length)
+        batch = materialize(store, layout, rows, length, length)
         batch["epoch"] = epoch
         batch["index"] = index
         return batch
@@ -195,14 +193,14 @@ def eval_batches(lengths_src, lengths_tgt, boundaries, batch_size: int):
 
 
 def eval_dataset(
-    store: Store, model_type: str, lengths_src, lengths_tgt, boundaries, batch_size: int
+    store: Store, layout: dict, lengths_src, lengths_tgt, boundaries, batch_size: int
 ) -> tf.data.Dataset:
     """A finite dataset of an evaluation set, in file order, every example kept."""
     rows, sizes, src_len, tgt_len = eval_batches(lengths_src, lengths_tgt, boundaries, batch_size)
     batches = tf.RaggedTensor.from_row_lengths(rows, sizes, validate=False)
     ds = tf.data.Dataset.from_tensor_slices((batches, src_len, tgt_len))
     ds = ds.map(
-        lambda r, s, t: materialize(store, model_type, r, s, t),
+        lambda r, s, t: materialize(store, layout, r, s, t),
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True,
     )

@@ -1,12 +1,9 @@
 """Data sources: every corpus type of the `data:` section read into memory as strings.
 
-Which fields an example has depends on the model type:
-
-- seq2seq: source and target text.
-- decoder_lm: one text, the *source* side of the corpus (a `text` file's lines, a
-  parallel corpus's source file, a TSV/TFRecord `source_column`, a cmudict word, a
-  synthetic source); it uses the source tokenizer and `max_source_length`.
-- encoder_classifier: source text and a label.
+Which fields an example has depends on the model family (`Task.fields`): source text
+always, plus target text (seq2seq) or a label (classifiers). A decoder-only LM reads one
+text, the *source* side of the corpus (a `text` file's lines, a parallel corpus's source
+file, a TSV/TFRecord `source_column`, a cmudict word, a synthetic source).
 
 Line formats:
 
@@ -35,11 +32,6 @@ from kerastx.data.errors import DataError
 
 # example_id = corpus position in its list (train[i]; 0 for dev/test) * 2**32 + position.
 ID_STRIDE = 2**32
-NEEDS = {
-    "seq2seq": ("source", "target"),
-    "decoder_lm": ("source",),
-    "encoder_classifier": ("source", "label"),
-}
 
 
 def example_id(corpus_index: int, position: int) -> int:
@@ -195,14 +187,17 @@ def _tfrecord(corpus, needs: tuple[str, ...], policy: str) -> dict:
     return out
 
 
-def load_corpus(corpus, split: str, index: int, model_type: str, data_cfg, seed: int) -> RawCorpus:
+def load_corpus(
+    corpus, split: str, index: int, fields: tuple[str, ...], data_cfg, seed: int
+) -> RawCorpus:
     """Reads one corpus of the `data:` section.
 
     Args:
         corpus: CorpusConfig.
         split: str. "train", "dev" or "test".
         index: int. Position in `data.train` (0 for dev/test); part of the example ids.
-        model_type: str. Decides which fields are read (see the module docstring).
+        fields: tuple of str. The fields to read: "source", "target", "label" (the
+            family's `Task.fields`).
         data_cfg: DataConfig. For `invalid_utf8` and `data_dir`.
         seed: int. The experiment seed (synthetic tasks).
 
@@ -212,7 +207,7 @@ def load_corpus(corpus, split: str, index: int, model_type: str, data_cfg, seed:
     Raises:
         DataError: a missing, empty, malformed or misaligned file.
     """
-    needs = NEEDS[model_type]
+    needs = fields
     policy = data_cfg.invalid_utf8
     label = f"{split}[{index}]" if split == "train" else split
     kind = corpus.type

@@ -27,7 +27,7 @@ from kerastx.data.module import build_data
 
 def _sides(module, corpora) -> list[np.ndarray]:
     src = np.concatenate([c.model_lengths()[0] for c in corpora])
-    if module.model_type == "seq2seq":
+    if "target" in module.task.fields:
         return [src, np.concatenate([c.model_lengths()[1] for c in corpora])]
     return [src]
 
@@ -114,7 +114,7 @@ def data_stats(cfg) -> dict:
             "batch_max_padding_fraction": _batch_max_padding(planner, sides, budget, d.batch_unit),
         },
     }
-    if module.model_type == "seq2seq":
+    if module.task.target_vocabulary == "own":
         out["vocabulary"]["target"] = module.target_tokenizer.vocab_size
     if module.labels is not None:
         out["vocabulary"]["labels"] = len(module.labels)
@@ -191,11 +191,7 @@ def measure_pipeline(cfg, seconds: float = 10.0, warmup_batches: int = 20) -> di
     iterator = iter(dataset)
     for _ in range(warmup_batches):
         next(iterator)
-    keys = (
-        ("source_ids", "target_in_ids")
-        if module.model_type == "seq2seq"
-        else (("token_ids",) if module.model_type == "decoder_lm" else ("source_ids",))
-    )
+    keys = module.task.input_keys
     examples = slots = real = batches = 0
     start = time.perf_counter()
     while time.perf_counter() - start < seconds:

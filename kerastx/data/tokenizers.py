@@ -27,9 +27,10 @@ import tensorflow as tf
 import tensorflow_text as tft
 
 from kerastx.data import vocab as vocab_lib
+from kerastx.special_ids import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 from kerastx.tfutil import expected_retracing
 
-PAD, BOS, EOS, UNK = vocab_lib.PAD, vocab_lib.BOS, vocab_lib.EOS, vocab_lib.UNK
+PAD, BOS, EOS, UNK = PAD_ID, BOS_ID, EOS_ID, UNK_ID
 _STRINGS = tf.TensorSpec([None], tf.string)
 _DENSE_IDS = tf.TensorSpec([None, None], tf.int32)
 _RAGGED_IDS = tf.RaggedTensorSpec([None, None], tf.int32, ragged_rank=1)

@@ -12,10 +12,8 @@ from __future__ import annotations
 import os
 
 from kerastx.data.errors import DataError
-
-PAD, BOS, EOS, UNK = 0, 1, 2, 3
-SPECIALS = ("<pad>", "<s>", "</s>", "<unk>")
-_SPECIAL_NAMES = ("PAD", "BOS", "EOS", "UNK")
+from kerastx.special_ids import SPECIAL_NAMES as _SPECIAL_NAMES
+from kerastx.special_ids import SPECIAL_TOKENS as SPECIALS
 
 
 def read_entries(path: str, what: str = "vocabulary") -> list[str]:

@@ -12,9 +12,10 @@ from typing import NamedTuple
 
 import tensorflow as tf
 
-PAD_ID = 0
-BOS_ID = 1
-EOS_ID = 2
+# The decoders' default special ids (re-exported from their one owner).
+from kerastx.special_ids import BOS_ID as BOS_ID
+from kerastx.special_ids import EOS_ID as EOS_ID
+from kerastx.special_ids import PAD_ID as PAD_ID
 
 
 def is_static(value) -> bool:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from keras import ops
 
-PAD_ID = 0
+from kerastx.special_ids import PAD_ID
 
 
 def padding_mask(token_ids, pad_id: int = PAD_ID):

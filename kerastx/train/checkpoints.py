@@ -1,15 +1,26 @@
-"""Checkpoints that never replace a good one with a broken one.
+"""Checkpoints that never replace a good one with a broken one, nor restore a changed model.
 
 `tf.train.CheckpointManager` writes the new checkpoint's files first and only then
 rewrites the small `checkpoint` state file (atomically, by rename), so a kill during a
 write leaves the previous checkpoint as the latest. On restore, a newest checkpoint that
-cannot be read (truncated by a full disk or a crash) is reported and the next older one
-is used; if none can be read the run stops with an error instead of starting over.
+cannot be read (truncated by a full disk or a crash, deleted, overwritten) is reported and
+the next older one is used; if none can be read the run stops with an error instead of
+starting over. Only what TF raises while reading the files counts as "cannot be read"
+(`READ_ERRORS`); any other exception is a bug and propagates.
 
 Next to the checkpoints, `variables.json` lists the model's variables in checkpoint order
 (path without the model's name, shape, dtype): checkpoints store the model by position
-(see `VariableBag`), and this manifest is what lets `training.init_from` copy variables
-by name from another run without rebuilding that run's model or data.
+(see `VariableBag`), so this manifest is what says which variable each position holds. It
+is written once, at the run's first start, and from then on compared with the model
+before any checkpoint is read: a variable that differs in path, shape or dtype (or a
+different count) stops the run with one line naming the first such position, instead of
+values landing in the wrong variables or a misleading "cannot be read". It also lets
+`training.init_from` copy variables by name from another run without rebuilding that
+run's model or data. Two exceptions to "written once": a run directory without any
+checkpoint takes the manifest of the model started in it (there is nothing to protect),
+and a run written before this check (no `variables.json`) is restored as before, with TF
+checking each position's shape and dtype, and gets its `variables.json` from the model
+once a checkpoint restored.
 
 In a multi-worker run every worker takes part in the save (variables may live on all of
 them) but only the chief writes into the run directory; the others write to a scratch
@@ -21,6 +32,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 
@@ -35,9 +47,46 @@ BEST_DIR = "best"
 MANIFEST = "variables.json"
 MODEL_KEY = "model/items/{}/.ATTRIBUTES/VARIABLE_VALUE"
 
+# What `tf.train.Checkpoint.read` raises for a damaged checkpoint (TF 2.21, found by
+# damaging one; tests/train/test_checkpoint_manifest.py keeps each case):
+# - tf.errors.OpError: a plain OpError (code UNKNOWN) for an `.index` that is garbage or
+#   truncated ("not an sstable"), a `.data` file that is deleted or overwritten ("length
+#   checksum does not match"); NotFoundError for a deleted `.index`; DataLossError for a
+#   flipped byte in `.data` ("Checksum does not match"); InvalidArgumentError for a
+#   stored dtype that differs from the variable's.
+# - IndexError: a truncated or emptied `.data` file ("Read less bytes than requested":
+#   pybind's translation of OUT_OF_RANGE, which TF's reader does not convert).
+# - ValueError: a stored shape that does not fit the variable (only reachable where no
+#   manifest was compared, or in the optimizer and state variables).
+# Only the read call itself is guarded, so these never come from kerastx code.
+READ_ERRORS = (tf.errors.OpError, IndexError, ValueError)
+
+# Keras names each unnamed `SeedGenerator` (the dropout RNG state) `seed_generator_<N>`
+# from a process-wide counter, so the same model built twice in one process, or after
+# other models, gets other numbers; every other kerastx layer has an explicit name.
+_SEED_GENERATOR = re.compile(r"seed_generator(_\d+)?")
+
 
 class CheckpointError(KerastxError):
     """No checkpoint of a run could be restored."""
+
+
+class ManifestMismatchError(CheckpointError):
+    """The model differs from the one the run's checkpoints were written from."""
+
+
+class UnreadableCheckpointError(CheckpointError):
+    """One checkpoint's files cannot be read (damaged, truncated, missing).
+
+    Attributes:
+        path: str. The checkpoint prefix.
+        reason: str. The first line of what TF raised.
+    """
+
+    def __init__(self, path: str, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
 
 
 class VariableBag(tf.Module):
@@ -86,26 +135,86 @@ def read_manifest(prefix: str) -> list[dict]:
     """
     here = os.path.dirname(os.path.abspath(prefix))
     for directory in (here, os.path.dirname(here)):
-        path = os.path.join(directory, MANIFEST)
-        if os.path.exists(path):
-            with open(path, encoding="utf-8") as f:
-                return json.load(f)["variables"]
+        manifest = _load_manifest(os.path.join(directory, MANIFEST))
+        if manifest is not None:
+            return manifest
     raise CheckpointError(f"{prefix}: no {MANIFEST} next to the checkpoint (or one level up)")
 
 
+def _load_manifest(path: str) -> list[dict] | None:
+    """The variables listed in the manifest file `path`, or None when there is none."""
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)["variables"]
+
+
 def _write_manifest(directory: str, manifest: list[dict]) -> None:
-    """Writes `variables.json` atomically, unless it already holds this manifest."""
+    """Writes `variables.json` atomically (a temporary file, then a rename)."""
     os.makedirs(directory, exist_ok=True)
-    path = os.path.join(directory, MANIFEST)
-    text = json.dumps({"variables": manifest}, indent=1)
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-            if f.read() == text:
-                return
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=MANIFEST + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump({"variables": manifest}, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, os.path.join(directory, MANIFEST))
+    except BaseException:
+        os.remove(tmp)
+        raise
+
+
+def _describe(entry: dict) -> str:
+    return f"{entry['path']} {tuple(entry['shape'])} {entry['dtype']}"
+
+
+def _key(entry: dict) -> tuple:
+    """What must agree between two manifests at one position."""
+    parts = entry["path"].split("/")
+    path = "/".join("seed_generator" if _SEED_GENERATOR.fullmatch(p) else p for p in parts)
+    return path, tuple(entry["shape"]), str(entry["dtype"])
+
+
+def manifest_difference(stored: list[dict], current: list[dict]) -> str | None:
+    """The first difference between two variable manifests, in words; None if they agree.
+
+    Compared position by position: path (the seed generators' process-dependent numbers
+    aside), shape and dtype; then the count.
+
+    Args:
+        stored: list of dict. The manifest the run's checkpoints were written with.
+        current: list of dict. `variable_manifest` of the model at hand.
+
+    Returns:
+        One line, e.g. "variable 17 is a/kernel (256, 1024) float32 in the checkpoint but
+        a/kernel (256, 512) float32 in this model", or None.
+    """
+    for i, (old, new) in enumerate(zip(stored, current)):
+        if _key(old) != _key(new):
+            text = (
+                f"variable {i} is {_describe(old)} in the checkpoint "
+                f"but {_describe(new)} in this model"
+            )
+            if len(stored) != len(current):
+                text += f" (the checkpoint has {len(stored)} variables, this model {len(current)})"
+            return text
+    if len(stored) == len(current):
+        return None
+    common = min(len(stored), len(current))
+    extra, where = (
+        (stored[common], "this model")
+        if len(stored) > common
+        else (current[common], "the checkpoint")
+    )
+    return (
+        f"the checkpoint has {len(stored)} variables but this model has {len(current)}; "
+        f"variable {common} ({_describe(extra)}) is not in {where}"
+    )
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else repr(err)
 
 
 class Checkpoints:
@@ -117,12 +226,14 @@ class Checkpoints:
         step: tf.Variable. The trainer's step, used to number checkpoints.
         keep: int. How many recent checkpoints to keep.
         chief: bool. Whether this process writes the real files.
-        manifest: list of dict or None. `variable_manifest(model)`, written (by the
-            chief) as `variables.json` when given.
+        manifest: list of dict or None. `variable_manifest(model)`: written (by the
+            chief) as `variables.json` at the run's first start, and compared with the
+            stored one before every restore. None: no manifest written or checked.
 
     Attributes:
         saved_step: int or None. The step of the newest checkpoint this object saved or
             restored (None before either).
+        manifest_path: str. The run's `variables.json`.
     """
 
     def __init__(
@@ -139,9 +250,12 @@ class Checkpoints:
         self.checkpoint = tf.train.Checkpoint(**objects)
         self.step = step
         self.saved_step = None
+        self.manifest = manifest
+        self.manifest_path = os.path.join(self.directory, MANIFEST)
+        self._manifest_after_restore = False  # a run from before manifests: see restore()
         self._scratch = None
         if chief and manifest is not None:
-            _write_manifest(self.directory, manifest)
+            self._start_manifest()
         target = self.directory
         if not chief:
             self._scratch = tempfile.mkdtemp(prefix="kerastx-worker-ckpt-")
@@ -160,6 +274,45 @@ class Checkpoints:
             step_counter=step,
             checkpoint_name="best",
         )
+
+    def _has_checkpoints(self) -> bool:
+        """Whether the run directory holds checkpoint files (also `best/`, `averaged/`)."""
+        return any(
+            tf.io.gfile.glob(os.path.join(self.directory, *parts, "*.index"))
+            for parts in ((), ("*",))
+        )
+
+    def _start_manifest(self) -> None:
+        """Writes `variables.json` at the first start; later ones leave it to compare."""
+        stored = _load_manifest(self.manifest_path)
+        if stored is not None and manifest_difference(stored, self.manifest) is None:
+            return
+        if self._has_checkpoints():
+            # A different manifest is refused by check_manifest() at the restore; a run
+            # without one gets it once a checkpoint restored (which proves it fits).
+            self._manifest_after_restore = stored is None
+            return
+        if stored is not None:
+            log.info("%s describes no checkpoint: replaced by this model's", self.manifest_path)
+        _write_manifest(self.directory, self.manifest)
+
+    def check_manifest(self) -> None:
+        """Compares the run's `variables.json` with the model's manifest.
+
+        Nothing to compare without a manifest on either side (no `manifest` given, or a
+        run written before manifests existed).
+
+        Raises:
+            ManifestMismatchError: a variable differs in path, shape or dtype, or the
+                count differs; one line naming the first differing position.
+        """
+        stored = None if self.manifest is None else _load_manifest(self.manifest_path)
+        difference = None if stored is None else manifest_difference(stored, self.manifest)
+        if difference:
+            raise ManifestMismatchError(
+                f"{self.manifest_path}: {difference}; "
+                f"the model config changed since the run was trained"
+            )
 
     def save(self, best: bool = False) -> str:
         """Writes a checkpoint at the current step (and as the best one if `best`)."""
@@ -183,7 +336,7 @@ class Checkpoints:
             The path restored, or None when the run has no checkpoint (a new run).
 
         Raises:
-            CheckpointError: checkpoints exist but none can be read.
+            CheckpointError: checkpoints exist but none can be read, or see `restore`.
         """
         state = tf.train.get_checkpoint_state(self.directory)
         if state is None:
@@ -202,11 +355,10 @@ class Checkpoints:
                 path = os.path.join(self.directory, path)
             try:
                 self.restore(path)
-            except Exception as err:  # noqa: BLE001 - any failure means "unreadable"
-                first = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
-                problems.append(f"{os.path.basename(path)}: {first}")
+            except UnreadableCheckpointError as err:
+                problems.append(f"{os.path.basename(path)}: {err.reason}")
                 log.warning(
-                    "checkpoint %s cannot be restored (%s); trying an older one", path, first
+                    "checkpoint %s cannot be restored (%s); trying an older one", path, err.reason
                 )
                 continue
             if problems:
@@ -221,11 +373,31 @@ class Checkpoints:
         )
 
     def restore(self, path: str) -> None:
-        """Restores every tracked object from `path`; raises if anything is missing."""
-        status = self.checkpoint.read(path)
-        status.assert_existing_objects_matched()
+        """Restores every tracked object from `path`, once the model's manifest agrees.
+
+        Raises:
+            ManifestMismatchError: the model differs from the run's (nothing is read).
+            UnreadableCheckpointError: TF cannot read the checkpoint (`READ_ERRORS`).
+            CheckpointError: the checkpoint lacks an object tracked here.
+        """
+        self.check_manifest()
+        try:
+            status = self.checkpoint.read(path)
+        except READ_ERRORS as err:
+            raise UnreadableCheckpointError(path, _first_line(err)) from err
+        try:
+            status.assert_existing_objects_matched()
+        except AssertionError as err:
+            raise CheckpointError(
+                f"{path} does not hold every tracked object of this trainer "
+                f"({_first_line(err)}); it was written by another config or kerastx version"
+            ) from None
         status.expect_partial()  # only the manager's save_counter is left unread
         self.saved_step = int(self.step.numpy())
+        if self._manifest_after_restore:
+            _write_manifest(self.directory, self.manifest)
+            self._manifest_after_restore = False
+            log.info("%s written: the run had none (restored %s)", self.manifest_path, path)
 
 
 def average_checkpoints(model, paths: list[str], out_dir: str, step: int) -> str:

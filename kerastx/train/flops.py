@@ -49,8 +49,15 @@ def _count(variables) -> float:
     return float(sum(np.prod(v.shape) for v in variables))
 
 
-def model_flops(model, model_type: str):
-    """Returns `fn(sums) -> FLOPs` for the window sums of the trainer's step statistics."""
+def model_flops(model, encoder: bool, decoder: bool):
+    """Returns `fn(sums) -> FLOPs` for the window sums of the trainer's step statistics.
+
+    Args:
+        model: the built model (parameters counted by variable path).
+        encoder: bool. Source tokens pass an encoder (seq2seq, classifiers).
+        decoder: bool. Target tokens pass a decoder and the output projection
+            (seq2seq, LMs); with an encoder too, they also attend to it.
+    """
     d_model = getattr(model, "d_model", 0)
     enc_params = _count(
         v for v in model.trainable_variables if "encoder" in v.path and "embedding" not in v.path
@@ -66,13 +73,14 @@ def model_flops(model, model_type: str):
     def flops(sums: dict) -> float:
         src = sums.get("source_tokens", 0.0)
         tgt = sums.get("tokens", 0.0)
-        if model_type == "encoder_classifier":
-            return 6 * enc_params * src + 12 * enc_layers * d_model * sums.get("attn_source", 0)
-        total = 6 * dec_params * tgt + 6 * out_params * tgt
-        total += 12 * dec_layers * d_model * sums.get("attn_self", 0.0)
-        if model_type == "seq2seq":
+        total = 0.0
+        if encoder:
             total += 6 * enc_params * src
             total += 12 * enc_layers * d_model * sums.get("attn_source", 0.0)
+        if decoder:
+            total += 6 * dec_params * tgt + 6 * out_params * tgt
+            total += 12 * dec_layers * d_model * sums.get("attn_self", 0.0)
+        if encoder and decoder:
             total += 12 * dec_layers * d_model * sums.get("attn_cross", 0.0)
         return total
 

@@ -15,19 +15,24 @@ complete (`train_steps` reached, or stopped early) does nothing when run again.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
 import math
 import os
 import signal
+import threading
 
-import keras
 import tensorflow as tf
 
+from kerastx import evaluate, metrics, runtime, tasks
 from kerastx.config import ExperimentConfig, write_resolved
+from kerastx.data import build_data
 from kerastx.errors import KerastxError
-from kerastx.train import builders, memory, summaries
+from kerastx.models.build import build_model
+from kerastx.train import memory, summaries, warm_start
 from kerastx.train.checkpoints import Checkpoints, VariableBag, variable_manifest
-from kerastx.train.flops import matmul_rate, model_flops
+from kerastx.train.flops import matmul_rate
 from kerastx.train.optimizers import build_optimizer
 from kerastx.train.schedules import WarmupSchedule
 from kerastx.train.step import StepBuilder
@@ -58,8 +63,28 @@ class _Stop(Exception):
         self.results = results
 
 
+@dataclasses.dataclass
+class _Session:
+    """What one `Trainer.run()` writes to and carries from step to step."""
+
+    journal: summaries.JsonlLog
+    board: summaries.Board
+    progress: summaries.Progress
+    flops_fn: object
+    rate: float
+    window: summaries.Window = dataclasses.field(default_factory=summaries.Window)
+    last_eval: dict = dataclasses.field(default_factory=dict)
+    profiling: bool = False
+
+
 class Trainer:
     """Trains one experiment; see `run()`.
+
+    Process-wide settings are scoped: the seed applies while the model and optimizer
+    are created (their weights and dropout seeds), op determinism while `run()` trains,
+    and the dtype policy to this model's layers only; each is restored afterwards
+    (`kerastx.runtime`), so a second trainer in the same process starts as a fresh
+    process would.
 
     Args:
         cfg: the resolved experiment.
@@ -70,22 +95,15 @@ class Trainer:
 
     def __init__(self, cfg: ExperimentConfig, data=None, strategy=None, progress=True):
         self.cfg = cfg
+        self.task = tasks.create(cfg)
         t = cfg.training
-        keras.utils.set_random_seed(cfg.seed)
-        if t.deterministic:
-            tf.config.experimental.enable_op_determinism()
         self.strategy = strategy or make_strategy(cfg.distribution)
         self.chief = is_chief(self.strategy)
         if self.chief:
             write_resolved(cfg)
-        if data is None:
-            from kerastx.data import build_data
-
-            data = build_data(cfg)
-        self.data = data
-        builders.set_precision(t.mixed_precision)
-        with self.strategy.scope():
-            self.model = builders.build_model(cfg, data)
+        self.data = data if data is not None else build_data(cfg)
+        with runtime.seeded(cfg.seed), self.strategy.scope():
+            self.model = build_model(self.task, self.data, t.mixed_precision)
             self.optimizer = build_optimizer(t)
             self.optimizer.build(self.model.trainable_variables)
             self.state = {
@@ -126,7 +144,7 @@ class Trainer:
             self.model,
             self.optimizer,
             self.strategy,
-            cfg.model.type,
+            self.task,
             self.schedule,
             t.label_smoothing,
             t.clip_norm,
@@ -149,7 +167,7 @@ class Trainer:
     def _restore_or_init(self) -> None:
         self.restored_from = self.checkpoints.restore_latest()
         if self.restored_from is None and self.cfg.training.init_from:
-            builders.init_from(self.model, self.optimizer, self.cfg.training)
+            warm_start.init_from(self.model, self.optimizer, self.cfg.training)
 
     def _iterator(self):
         start = (int(self.state["data_epoch"].numpy()), int(self.state["data_index"].numpy()))
@@ -220,96 +238,125 @@ class Trainer:
         Raises:
             Preempted: SIGTERM arrived (a checkpoint at the current step was written).
             NonFiniteLoss: NaN/Inf loss under the `fail` policy or too many rollbacks.
+            OutOfMemory: a step or the dev evaluation ran out of memory.
         """
-        cfg, t = self.cfg, self.cfg.training
         self._restore_or_init()
         done = self.completion()
         if done:
             if self.chief:
-                log.info("%s: %s", cfg.run_dir, done)
+                log.info("%s: %s", self.cfg.run_dir, done)
             return {"step": self.step, "eval": {}, "complete": done}
-        start_step = self.step
-        journal = summaries.JsonlLog(cfg.run_dir, start_step, enabled=self.chief)
-        board = summaries.Board(cfg.run_dir, enabled=self.chief)
-        progress = summaries.Progress(t.train_steps, start_step, self.progress_enabled)
-        if self.restored_from:
-            progress.message(f"resumed from {self.restored_from} at step {start_step}")
-        rate = matmul_rate()
-        flops_fn = model_flops(self.model, cfg.model.type)
+        with runtime.op_determinism(self.cfg.training.deterministic), self._session() as run:
+            if self.restored_from:
+                run.progress.message(f"resumed from {self.restored_from} at step {self.step}")
+            try:
+                self._train(run)
+            except _Stop as stop:
+                run.last_eval = stop.results
+        run.progress.message(f"done at step {self.step}")
+        return {"step": self.step, "eval": run.last_eval, "complete": None}
+
+    @contextlib.contextmanager
+    def _session(self):
+        """The writers, the SIGTERM handler and the profiler of one `run()`, closed after."""
+        cfg = self.cfg
+        run = _Session(
+            journal=summaries.JsonlLog(cfg.run_dir, self.step, enabled=self.chief),
+            board=summaries.Board(cfg.run_dir, enabled=self.chief),
+            progress=summaries.Progress(cfg.training.train_steps, self.step, self.progress_enabled),
+            flops_fn=self.task.flops(self.model),
+            rate=matmul_rate(),
+        )
         old_handler = signal.signal(signal.SIGTERM, self._on_sigterm) if _main_thread() else None
-        window = summaries.Window()
-        last_eval: dict = {}
-        profiling = False
         try:
-            if self._eval_pending():
-                # The evaluation at this step was interrupted by SIGTERM: run it first.
-                last_eval = self._boundary(board, progress, evaluate=True, save=True)
-            iterator = self._iterator()
-            while self.step < t.train_steps:
-                step = self.step
-                if t.profile_steps and step + 1 == t.profile_steps[0]:
-                    profiling = board.trace_on(os.path.join(cfg.run_dir, summaries.LOG_DIR))
-                n = self._chunk(step)
-                try:
-                    taken, stats = self._run_chunk(iterator, step, n, window, journal)
-                except tf.errors.ResourceExhaustedError as err:
-                    raise OutOfMemory(self._out_of_memory(err)) from None
-                if taken is not True:
-                    iterator = self._non_finite(taken, journal, board, progress)
-                    window = summaries.Window()
-                    continue
-                step = self.step
-                if profiling and step >= t.profile_steps[1]:
-                    board.trace_off()
-                    profiling = False
-                if step % t.log_every == 0 or step == t.train_steps:
-                    metrics = window.metrics(flops_fn, rate)
-                    metrics["learning_rate"] = float(stats["lr"][-1])
-                    if t.mixed_precision == "float16":
-                        metrics["loss_scale"] = float(stats["loss_scale"][-1])
-                    board.scalars(step, metrics, "train")
-                    shown = {"loss": metrics["loss"]}
-                    if "tokens_per_second" in metrics:
-                        shown["tok/s"] = round(metrics["tokens_per_second"])
-                    progress.update(step, shown)
-                    window = summaries.Window()
-                evaluate = self._eval_point(step)
-                save = step % t.checkpoint_every == 0 or step == t.train_steps
-                if evaluate or save:
-                    last_eval = self._boundary(board, progress, evaluate, save) or last_eval
-                if self._sigterm:
-                    self._save_once()
-                    raise Preempted(
-                        f"preempted by SIGTERM; checkpoint saved at step {step}; "
-                        f"re-run the same command to resume"
-                    )
-        except _Stop as stop:
-            last_eval = stop.results
+            yield run
         finally:
             if old_handler is not None:
                 signal.signal(signal.SIGTERM, old_handler)
-            if profiling:
-                board.trace_off()
-            journal.close()
-            board.close()
-        progress.message(f"done at step {self.step}")
-        return {"step": self.step, "eval": last_eval, "complete": None}
+            if run.profiling:
+                run.board.trace_off()
+            run.journal.close()
+            run.board.close()
 
-    def _boundary(self, board, progress, evaluate: bool, save: bool) -> dict:
+    def _train(self, run: _Session) -> None:
+        """The loop: a chunk of steps per call, then the log window, then the boundary."""
+        t = self.cfg.training
+        if self._eval_pending():
+            # The evaluation at this step was interrupted by SIGTERM: run it first.
+            run.last_eval = self._boundary(run.board, run.progress, evaluate_now=True, save=True)
+        iterator = self._iterator()
+        while self.step < t.train_steps:
+            self._profile(run, starting=True)
+            try:
+                taken, stats = self._run_chunk(
+                    iterator, self.step, self._chunk(self.step), run.window, run.journal
+                )
+            except tf.errors.ResourceExhaustedError as err:
+                raise OutOfMemory(self._out_of_memory(err)) from None
+            if taken is not True:
+                iterator = self._non_finite(taken, run.journal, run.board, run.progress)
+                run.window = summaries.Window()
+                continue
+            self._profile(run, starting=False)
+            self._log_window(run, stats)
+            self._step_boundary(run)
+
+    def _profile(self, run: _Session, starting: bool) -> None:
+        """Starts the profiler before `training.profile_steps[0]`, stops it after [1]."""
+        first_last = self.cfg.training.profile_steps
+        if not first_last:
+            return
+        if starting and self.step + 1 == first_last[0]:
+            run.profiling = run.board.trace_on(os.path.join(self.cfg.run_dir, summaries.LOG_DIR))
+        elif not starting and run.profiling and self.step >= first_last[1]:
+            run.board.trace_off()
+            run.profiling = False
+
+    def _log_window(self, run: _Session, stats: dict) -> None:
+        """At a `log_every` step (and the last): TensorBoard scalars and the progress line."""
+        t, step = self.cfg.training, self.step
+        if step % t.log_every and step != t.train_steps:
+            return
+        scalars = run.window.metrics(run.flops_fn, run.rate)
+        scalars["learning_rate"] = float(stats["lr"][-1])
+        if t.mixed_precision == "float16":
+            scalars["loss_scale"] = float(stats["loss_scale"][-1])
+        run.board.scalars(step, scalars, "train")
+        shown = {"loss": scalars["loss"]}
+        if "tokens_per_second" in scalars:
+            shown["tok/s"] = round(scalars["tokens_per_second"])
+        run.progress.update(step, shown)
+        run.window = summaries.Window()
+
+    def _step_boundary(self, run: _Session) -> None:
+        """Evaluates and saves when due; on SIGTERM saves and raises `Preempted`."""
+        t, step = self.cfg.training, self.step
+        evaluate_now = self._eval_point(step)
+        save = step % t.checkpoint_every == 0 or step == t.train_steps
+        if evaluate_now or save:
+            run.last_eval = (
+                self._boundary(run.board, run.progress, evaluate_now, save) or run.last_eval
+            )
+        if self._sigterm:
+            self._save_once()
+            raise Preempted(
+                f"preempted by SIGTERM; checkpoint saved at step {step}; "
+                f"re-run the same command to resume"
+            )
+
+    def _boundary(self, board, progress, evaluate_now: bool, save: bool) -> dict:
         """Evaluates (if due), then saves; stops the loop if early stopping says so.
 
         Raises:
             Preempted: SIGTERM during the evaluation (a checkpoint was saved first).
             _Stop: early stopping.
         """
-        from kerastx.evaluate import EvaluationInterrupted
-
         results: dict = {}
         stop = False
-        if evaluate:
+        if evaluate_now:
             try:
                 results = self._evaluate(board, progress)
-            except EvaluationInterrupted:
+            except evaluate.EvaluationInterrupted:
                 self._save_once()
                 raise Preempted(
                     f"preempted by SIGTERM during the evaluation at step {self.step}; "
@@ -483,16 +530,15 @@ class Trainer:
         return self._iterator()
 
     def _evaluate(self, board, progress) -> dict:
-        from kerastx import evaluate
-
         results = evaluate.evaluate_during_training(self, board, should_stop=lambda: self._sigterm)
         metric = self.cfg.evaluation.best_metric
         value = results.get(metric)
         better = False
         if value is not None:
-            better = _is_better(metric, value, float(self.state["best_value"].numpy()))
+            signed = metrics.signed(metric, value)  # lower is better
+            better = signed < float(self.state["best_value"].numpy())
             if better:
-                self.state["best_value"].assign(_signed(metric, value))
+                self.state["best_value"].assign(signed)
                 self.state["evals_since_best"].assign(0)
             else:
                 self.state["evals_since_best"].assign_add(1)
@@ -508,23 +554,9 @@ class Trainer:
         return bool(patience) and int(self.state["evals_since_best"].numpy()) >= patience
 
 
-HIGHER_IS_BETTER = ("token_accuracy", "bleu", "chrf", "accuracy")
-
-
-def _signed(metric: str, value: float) -> float:
-    """Stored so that lower is always better."""
-    return -value if metric in HIGHER_IS_BETTER else value
-
-
-def _is_better(metric: str, value: float, best_signed: float) -> bool:
-    return _signed(metric, value) < best_signed
-
-
 def _next_multiple(step: int, every: int) -> int:
     return (step // every + 1) * every
 
 
 def _main_thread() -> bool:
-    import threading
-
     return threading.current_thread() is threading.main_thread()

@@ -31,13 +31,8 @@ import time
 
 import tensorflow as tf
 
+from kerastx.losses import label_weights, smoothed_cross_entropy_sum, token_accuracy_counts
 from kerastx.tfutil import expected_retracing
-from kerastx.train.losses import (
-    label_pad_id,
-    label_weights,
-    smoothed_cross_entropy_sum,
-    token_accuracy_counts,
-)
 
 # Per-step statistics, summed over replicas and micro-batches (see _batch_stats).
 SUM_KEYS = (
@@ -61,30 +56,13 @@ _HASH_MULT = 2654435761
 _HASH_MOD = 2**31
 
 
-def model_inputs(batch: dict, model_type: str) -> tuple[dict, tf.Tensor]:
-    """Splits a batch into the model's inputs and the labels."""
-    cond = {"condition": batch["condition"]} if "condition" in batch else {}
-    if model_type == "seq2seq":
-        return (
-            {"source_ids": batch["source_ids"], "target_in_ids": batch["target_in_ids"], **cond},
-            batch["target_out_ids"],
-        )
-    if model_type == "decoder_lm":
-        return {"token_ids": batch["token_ids"], **cond}, batch["target_out_ids"]
-    return {"source_ids": batch["source_ids"], **cond}, batch["label"]
-
-
-def _batch_stats(batch: dict, model_type: str) -> dict:
+def _batch_stats(batch: dict, task) -> dict:
     """Counts of one micro-batch that do not depend on the model."""
     f32 = tf.float32
     ids = tf.cast(batch["example_id"], tf.int64)
     id_hash = tf.reduce_sum(tf.math.floormod(ids * _HASH_MULT, _HASH_MOD))
-    if model_type == "seq2seq":
-        src, tgt = batch["source_ids"], batch["target_out_ids"]
-    elif model_type == "decoder_lm":
-        src, tgt = None, batch["target_out_ids"]
-    else:
-        src, tgt = batch["source_ids"], None
+    src = batch[task.source_key] if task.source_key else None
+    tgt = batch[task.target_key] if task.target_key else None
     stats = {"id_hash": id_hash, "examples": tf.cast(tf.shape(ids)[0], f32)}
     src_real = tf.reduce_sum(tf.cast(src != 0, f32)) if src is not None else tf.constant(0.0)
     tgt_real = tf.reduce_sum(tf.cast(tgt != 0, f32)) if tgt is not None else tf.constant(0.0)
@@ -111,7 +89,7 @@ class StepBuilder:
         model: the Keras model (built, under the strategy's scope).
         optimizer: an optimizer from `kerastx.train.optimizers` (expects reduced grads).
         strategy: the tf.distribute strategy.
-        model_type: str. seq2seq | decoder_lm | encoder_classifier.
+        task: the experiment's `kerastx.tasks.Task` (batch layout, labels).
         schedule: callable step -> learning rate.
         label_smoothing: float.
         clip_norm: float or None. Global-norm clipping.
@@ -128,7 +106,7 @@ class StepBuilder:
         model,
         optimizer,
         strategy,
-        model_type,
+        task,
         schedule,
         label_smoothing,
         clip_norm,
@@ -140,7 +118,7 @@ class StepBuilder:
         self.model = model
         self.optimizer = optimizer
         self.strategy = strategy
-        self.model_type = model_type
+        self.task = task
         self.schedule = schedule
         self.label_smoothing = float(label_smoothing)
         self.clip_norm = clip_norm
@@ -199,8 +177,8 @@ class StepBuilder:
     # -- replica context -------------------------------------------------------------
 
     def _micro_grads(self, batch: dict, grad_scale: tf.Tensor):
-        inputs, labels = model_inputs(batch, self.model_type)
-        pad_id = label_pad_id(self.model_type)
+        inputs, labels = self.task.model_inputs(batch)
+        pad_id = self.task.label_pad_id
         with tf.GradientTape() as tape:
             logits = self.model(inputs, training=True)
             loss_sum, nll_sum, count = smoothed_cross_entropy_sum(
@@ -230,8 +208,8 @@ class StepBuilder:
 
     def _label_count(self, batch: dict) -> tf.Tensor:
         """The real target positions of a micro-batch (float32): the loss's `count`."""
-        _, labels = model_inputs(batch, self.model_type)
-        return tf.reduce_sum(label_weights(labels, label_pad_id(self.model_type)))
+        _, labels = self.task.model_inputs(batch)
+        return tf.reduce_sum(label_weights(labels, self.task.label_pad_id))
 
     def _moe_counts(self) -> dict:
         """This replica's routing counters of the last forward pass (replica context)."""
@@ -253,7 +231,7 @@ class StepBuilder:
             grads, stats = self._grads(batch, grad_scale)
             if self._moe:
                 stats.update(self._moe_counts())
-            stats.update(_batch_stats(batch, self.model_type))
+            stats.update(_batch_stats(batch, self.task))
             total_grads = (
                 grads if total_grads is None else [a + g for a, g in zip(total_grads, grads)]
             )

@@ -223,17 +223,13 @@ def test_schema_verb_writes_a_file(tmp_path, capsys):
     assert json.loads(out.read_text())["title"] == "kerastx experiment"
 
 
-def test_unimplemented_verb_is_a_clean_error(capsys, monkeypatch):
+def test_a_broken_internal_import_is_a_bug_with_its_traceback(monkeypatch):
+    """An import that fails inside kerastx is a bug (exit 1, traceback), not a user error."""
     import kerastx.cli as cli
 
-    monkeypatch.setattr(
-        cli,
-        "_call",
-        lambda *a: (_ for _ in ()).throw(
-            cli.NotImplementedYet("this verb is not implemented yet (kerastx.bench)")
-        ),
-    )
-    assert main(["bench"]) == 2
-    assert capsys.readouterr().err == (
-        "kerastx bench: error: this verb is not implemented yet (kerastx.bench)\n"
-    )
+    def broken():
+        raise ModuleNotFoundError("No module named 'kerastx.gone'", name="kerastx.gone")
+
+    monkeypatch.setattr(cli, "_workflow", broken)
+    with pytest.raises(ModuleNotFoundError, match="kerastx.gone"):
+        main(["export", "runs/none"])

@@ -27,9 +27,7 @@ class FakeTokenizer:
 
 
 class FakeData:
-    def __init__(
-        self, num_examples=64, batch_size=8, vocab_size=12, max_len=6, seed=0, nan_at=None
-    ):
+    def __init__(self, num_examples=64, batch_size=8, vocab_size=12, max_len=6, seed=0):
         rng = np.random.default_rng(seed)
         lengths = rng.integers(1, max_len + 1, size=num_examples)
         self.examples = [rng.integers(4, vocab_size, size=n).tolist() for n in lengths]
@@ -38,7 +36,6 @@ class FakeData:
         self.source_tokenizer = self.target_tokenizer = FakeTokenizer(vocab_size)
         self.max_len = max_len
         self.labels = None
-        self.nan_at = nan_at  # unused by the data; the test poisons the model instead
 
     def _epoch_order(self, epoch):
         return np.random.default_rng([self.seed, epoch]).permutation(len(self.examples))

@@ -1,7 +1,7 @@
 """`training.init_from` / `init_parts`, `training.average_last`, and re-running a finished run.
 
 One source run (12 steps, a checkpoint every 3, the last 3 averaged, evaluation only at
-the end) goes through `kerastx.train.run`, the function `kerastx train` calls.
+the end) goes through `kerastx.workflow.train`, the function `kerastx train` calls.
 """
 
 import logging
@@ -11,10 +11,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kerastx import evaluate
+from kerastx import evaluate, tasks, workflow
 from kerastx.errors import KerastxError
-from kerastx.train import builders
-from kerastx.train import run as train_run
+from kerastx.models.build import build_model
 from kerastx.train.checkpoints import MODEL_KEY, canonical_path, model_checkpoint, read_manifest
 from kerastx.train.loop import Trainer
 from tests.train import util
@@ -42,7 +41,7 @@ def source(tmp_path_factory):
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(evaluate, "evaluate_during_training", fake_evaluation)
-        assert train_run(cfg, data=FakeData()) == 0
+        assert workflow.train(cfg, data=FakeData())["step"] == SOURCE_STEPS
     return {"dir": run_dir, "cfg": cfg, "evaluated": evaluated}
 
 
@@ -95,7 +94,7 @@ def test_full_init_starts_from_the_source_final_state(source, tmp_path):
     # After 1 step the weights moved; the log's step-1 loss was computed before it.
     record = util.read_log(run_dir)[0]
     # The source's final state, restored independently, on the same first batch.
-    model = builders.build_model(source["cfg"], FakeData())
+    model = build_model(tasks.create(source["cfg"]), FakeData())
     model_checkpoint(model).read(_ckpt(source["dir"], SOURCE_STEPS)).expect_partial()
     for var in model.trainable_variables:
         np.testing.assert_array_equal(var.numpy(), final[canonical_path(var)])
@@ -103,7 +102,8 @@ def test_full_init_starts_from_the_source_final_state(source, tmp_path):
     assert record["step"] == 1
     assert record["loss"] == pytest.approx(loss, rel=1e-6)
     # A fresh run starts clearly higher: the copy was effective.
-    fresh = builders.build_model(util.make_cfg(str(tmp_path / "fresh")), FakeData())
+    fresh_cfg = util.make_cfg(str(tmp_path / "fresh"))
+    fresh = build_model(tasks.create(fresh_cfg), FakeData())
     assert util.reference_loss_and_grads(fresh, util.first_batch(8), 0.1)[0] > loss + 0.2
     # train_steps (1) below log_every (4): the only step is still logged to TensorBoard.
     assert util.tag_steps(run_dir)["train/loss"] == [1]
@@ -173,9 +173,7 @@ def test_a_finished_run_is_a_no_op(source, caplog):
         patch.setattr(
             evaluate, "evaluate_during_training", lambda *a, **k: evaluated.append(1) or {}
         )
-        # train.run configures the kerastx logger without propagation; let caplog see it.
-        patch.setattr("kerastx.train._configure_logging", lambda: None)
-        assert train_run(source["cfg"], data=FakeData()) == 0
+        assert workflow.train(source["cfg"], data=FakeData())["complete"]
     assert (
         f"{run_dir}: run is complete: step {SOURCE_STEPS} of training.train_steps="
         f"{SOURCE_STEPS}; nothing to do (raise training.train_steps to train on)"

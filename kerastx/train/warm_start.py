@@ -1,28 +1,25 @@
-"""Builds the model of an experiment, sets precision, and loads `init_from` weights."""
+"""`training.init_from`: starting a run from another run's weights (all, or some parts)."""
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 
-import keras
 import numpy as np
 import tensorflow as tf
 
-from kerastx.config import ExperimentConfig, ModelConfig, TrainingConfig
+from kerastx.config import TrainingConfig
+from kerastx.config.sections import INIT_PARTS
 from kerastx.errors import KerastxError
+from kerastx.train.checkpoints import (
+    MODEL_KEY,
+    CheckpointError,
+    VariableBag,
+    canonical_path,
+    read_manifest,
+)
 
 log = logging.getLogger("kerastx")
-
-POLICIES = {"none": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
-# What each `training.init_parts` entry copies, by variable path (without the model name).
-INIT_PARTS = {
-    "encoder": "encoder layers and the encoder's final norm",
-    "decoder": "decoder layers and the decoder's final norm",
-    "embeddings": "token, learned-position and condition embedding tables",
-    "output": "the output projection (untied output kernel, output bias, classifier head)",
-}
 
 
 def in_part(path: str, part: str) -> bool:
@@ -36,64 +33,7 @@ def in_part(path: str, part: str) -> bool:
         return names[0] == "head" or (
             names[0].endswith("_embedding") and names[-1] in ("output_kernel", "output_bias")
         )
-    raise ValueError(f"unknown init part {part!r} (use: {', '.join(INIT_PARTS)}, optimizer)")
-
-
-def set_precision(mixed_precision: str) -> None:
-    """Sets the Keras global dtype policy (variables stay float32 under mixed policies)."""
-    keras.config.set_dtype_policy(POLICIES[mixed_precision])
-
-
-def model_kwargs(model_cfg: ModelConfig) -> dict:
-    """The constructor arguments of the configured model type."""
-    out = {}
-    for f in dataclasses.fields(model_cfg):
-        applies = f.metadata.get("applies_to")
-        if f.name == "type" or (applies and model_cfg.type not in applies):
-            continue
-        out[f.name] = getattr(model_cfg, f.name)
-    return out
-
-
-def example_batch(model_type: str, num_conditions: int = 0, condition_dim: int = 0) -> dict:
-    """A tiny input batch that builds every variable of a model."""
-    ids = tf.constant([[5, 6, 2, 0]], tf.int32)
-    if model_type == "seq2seq":
-        inputs = {"source_ids": ids, "target_in_ids": tf.constant([[1, 5, 6, 0]], tf.int32)}
-    elif model_type == "decoder_lm":
-        inputs = {"token_ids": tf.constant([[1, 5, 6, 0]], tf.int32)}
-    else:
-        inputs = {"source_ids": ids}
-    if num_conditions:
-        inputs["condition"] = tf.constant([0], tf.int32)
-    elif condition_dim:
-        inputs["condition"] = tf.zeros([1, condition_dim], tf.float32)
-    return inputs
-
-
-def build_model(cfg: ExperimentConfig, data) -> keras.Model:
-    """Creates and builds the model of `cfg.model` with vocabulary sizes from `data`.
-
-    Call under the strategy's scope so the variables are distributed.
-    """
-    from kerastx.models import DecoderLM, EncoderClassifier, Seq2SeqTransformer
-
-    m = cfg.model
-    kwargs = model_kwargs(m)
-    if m.type == "seq2seq":
-        model = Seq2SeqTransformer(
-            source_vocab_size=data.source_tokenizer.vocab_size,
-            target_vocab_size=data.target_tokenizer.vocab_size,
-            **kwargs,
-        )
-    elif m.type == "decoder_lm":
-        model = DecoderLM(vocab_size=data.source_tokenizer.vocab_size, **kwargs)
-    else:
-        model = EncoderClassifier(
-            vocab_size=data.source_tokenizer.vocab_size, num_classes=len(data.labels), **kwargs
-        )
-    model(example_batch(m.type, m.num_conditions, m.condition_dim), training=False)
-    return model
+    raise ValueError(f"unknown init part {part!r} (use: {', '.join(INIT_PARTS)})")
 
 
 def checkpoint_path(path: str) -> str:
@@ -108,7 +48,7 @@ def checkpoint_path(path: str) -> str:
     raise KerastxError(f"training.init_from: no checkpoint found at {path}")
 
 
-def init_from(model: keras.Model, optimizer, cfg: TrainingConfig) -> list[str]:
+def init_from(model, optimizer, cfg: TrainingConfig) -> list[str]:
     """Copies weights (all, or the `init_parts`) from another run's checkpoint.
 
     Trainable variables are matched by path (without the model's name) through the
@@ -130,14 +70,6 @@ def init_from(model: keras.Model, optimizer, cfg: TrainingConfig) -> list[str]:
         KerastxError: no checkpoint, a variable missing (full init), a shape mismatch
             (one line naming the variable and both shapes), or nothing to copy.
     """
-    from kerastx.train.checkpoints import (
-        MODEL_KEY,
-        CheckpointError,
-        VariableBag,
-        canonical_path,
-        read_manifest,
-    )
-
     prefix = checkpoint_path(cfg.init_from)
     try:
         manifest = read_manifest(prefix)

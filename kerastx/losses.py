@@ -10,12 +10,6 @@ from __future__ import annotations
 import tensorflow as tf
 
 
-def label_pad_id(model_type: str) -> int | None:
-    """The label id the loss ignores: 0 (padding) for token targets, None for classifiers
-    (every label counts)."""
-    return None if model_type == "encoder_classifier" else 0
-
-
 def label_weights(labels: tf.Tensor, pad_id: int | None = 0) -> tf.Tensor:
     """float32 1.0 at the positions the loss counts (`labels != pad_id`; all of them when
     `pad_id` is None), 0.0 elsewhere."""

@@ -1,0 +1,68 @@
+"""Decoder-only language models: next-token prediction, prompt continuation."""
+
+from __future__ import annotations
+
+from kerastx.special_ids import BOS_ID
+from kerastx.tasks.base import TRANSFORMER_MODEL_KEYS
+from kerastx.tasks.generation import GenerationTask
+
+
+def _prompt(text: str) -> str:
+    """A parity-check prompt: the first half of a dev text's words (at least one)."""
+    words = text.split()
+    return " ".join(words[: max(1, len(words) // 2)])
+
+
+class LanguageModelTask(GenerationTask):
+    """A causal decoder over one text (`DecoderLM`); predict continues prompts.
+
+    The text is the corpus's *source* side (a `text` file's lines, a parallel corpus's
+    source file, a TSV/TFRecord `source_column`, ...), with the source tokenizer and
+    `max_source_length`.
+    """
+
+    fields = ("source",)
+    target_vocabulary = "source"
+    layout = {"token_ids": ("source", "bos"), "target_out_ids": ("source", "eos")}
+    input_keys = ("token_ids",)
+    label_key = "target_out_ids"
+    target_key = "target_out_ids"
+    model_keys = TRANSFORMER_MODEL_KEYS + ("num_layers", "tie_embeddings")
+    corpus_types = ("text", "tsv", "tfrecord", "synthetic", "parallel", "cmudict")
+    decode_input_key = "prompt_ids"
+    filler_id = BOS_ID
+
+    def build_model(self, data):
+        from kerastx.models import DecoderLM
+
+        return DecoderLM(vocab_size=data.source_tokenizer.vocab_size, **self.model_arguments())
+
+    def example_inputs(self):
+        import tensorflow as tf
+
+        return {"token_ids": tf.constant([[1, 5, 6, 0]], tf.int32)}
+
+    def begin_decoding(self, model, inputs, settings):
+        from kerastx import inference
+
+        return inference.begin_prompt_decoding(model, inputs, settings)
+
+    def end_decoding(self, result, start, static_shapes):
+        from kerastx import inference
+
+        return inference.drop_prefix(result, start.extra["prefix_lengths"], static_shapes)
+
+    def encode_text(self, tokenizer, text, max_input_length):
+        from kerastx import inference
+
+        return inference.encode_prompt(tokenizer, text, max_input_length)
+
+    def score_inputs(self, data, sources, targets):
+        from kerastx import predict
+
+        return predict.lm_score_inputs(self, data, sources, targets)
+
+    def parity_texts(self, data, split, count):
+        # Prompts: the first half of the words of dev texts (the output continues them).
+        texts = super().parity_texts(data, split, count)
+        return list(dict.fromkeys(_prompt(t) for t in texts))
