@@ -146,7 +146,10 @@ def _load_manifest(path: str) -> list[dict] | None:
     if not os.path.exists(path):
         return None
     with open(path, encoding="utf-8") as f:
-        return json.load(f)["variables"]
+        try:
+            return json.load(f)["variables"]
+        except (ValueError, KeyError, TypeError) as err:
+            raise CheckpointError(f"{path}: not a variable manifest ({err})") from None
 
 
 def _write_manifest(directory: str, manifest: list[dict]) -> None:

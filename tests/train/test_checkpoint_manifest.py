@@ -354,3 +354,11 @@ def test_a_failed_manifest_write_leaves_the_old_file(tmp_path, monkeypatch):
     with open(_manifest_file(tmp_path), encoding="utf-8") as f:
         assert f.read() == before
     assert not glob.glob(_manifest_file(tmp_path) + ".*")
+
+
+def test_a_damaged_manifest_is_an_error_naming_it(tmp_path):
+    _save_two(tmp_path)
+    with open(_manifest_file(tmp_path), "w", encoding="utf-8") as f:
+        f.write('{"variables": [')
+    with pytest.raises(CheckpointError, match=f"{MANIFEST}: not a variable manifest"):
+        _checkpoints(tmp_path, _tiny())
