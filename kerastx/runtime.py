@@ -52,13 +52,13 @@ def seeded(seed: int):
 def op_determinism(enabled: bool):
     """TensorFlow's deterministic op kernels on inside (if `enabled`), as before after.
 
-    TensorFlow exports `enable_op_determinism` but not its inverse; the inverse used
-    here is TensorFlow's own (`tensorflow.python.framework.config`), pinned to the
-    supported TensorFlow range by tests/test_runtime.py.
+    TensorFlow exports `enable_op_determinism` but neither its inverse nor the query;
+    both used here are TensorFlow's own (`tensorflow.python.framework.config`), pinned
+    to the supported TensorFlow range by tests/test_runtime.py.
     """
     from tensorflow.python.framework import config as tf_config
 
-    was = tf.config.experimental.is_op_determinism_enabled()
+    was = tf_config.is_op_determinism_enabled()
     if enabled and not was:
         tf.config.experimental.enable_op_determinism()
     try:
