@@ -70,3 +70,13 @@ def check_versions(
 
 
 check_versions()
+
+
+def __getattr__(name: str):
+    """`kerastx.Experiment` (the Python API, `kerastx.workflow`), imported on first use
+    so that `import kerastx` (and `kerastx validate`) do not import TensorFlow."""
+    if name == "Experiment":
+        from kerastx.workflow import Experiment
+
+        return Experiment
+    raise AttributeError(f"module 'kerastx' has no attribute {name!r}")

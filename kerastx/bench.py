@@ -33,12 +33,12 @@ import json
 import os
 import platform
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 
 import tensorflow as tf
+
+from kerastx import bench_process
 
 SECTIONS = ("matmul", "pipeline", "train", "memory", "decode_cache", "decode")
 ROOT_EXPERIMENTS = "experiments"
@@ -139,29 +139,12 @@ def bench_training(name: str, jit: bool, steps: int, warmup: int, windows: int =
     }
 
 
-def run_isolated(module: str, call: str, what: str) -> dict:
-    """Runs `kerastx.<module>.<call>` (a call expression returning a JSON-able dict) in a
-    fresh Python process and returns its dict; RuntimeError naming `what` if it fails."""
-    code = (
-        "import json, sys\n"
-        f"from kerastx import {module}\n"
-        f"row = {module}.{call}\n"
-        "sys.stdout.write('KERASTX_ROW ' + json.dumps(row, default=float) + '\\n')\n"
-    )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
-    for line in proc.stdout.splitlines():
-        if line.startswith("KERASTX_ROW "):
-            return json.loads(line[len("KERASTX_ROW ") :])
-    tail = "\n".join(proc.stderr.splitlines()[-20:])
-    raise RuntimeError(f"{what} failed (exit {proc.returncode}):\n{tail}")
-
-
 def bench_training_isolated(
     name: str, jit: bool, steps: int, warmup: int, windows: int = 4
 ) -> dict:
     """`bench_training` in a fresh Python process, so that no earlier row's threads, caches
     or compiled graphs share the two cores with it."""
-    return run_isolated(
+    return bench_process.run_isolated(
         "bench",
         f"bench_training({name!r}, {jit!r}, {steps!r}, {warmup!r}, {windows!r})",
         f"bench row {name} (xla={jit})",

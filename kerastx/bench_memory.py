@@ -263,7 +263,7 @@ def measure_train(name: str, steps: int = 2, overrides=()) -> dict:
 
 def isolated(function: str, *args) -> dict:
     """`function(*args)` of this module in a fresh Python process; its result dict."""
-    from kerastx.bench import run_isolated
+    from kerastx.bench_process import run_isolated
 
     call = f"{function}({', '.join(repr(a) for a in args)})"
     return run_isolated("bench_memory", call, call)

@@ -21,15 +21,17 @@ Conventions shared by `predict`, `evaluate` and `export`:
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import tensorflow as tf
 
-from kerastx.config import DecodingConfig
 from kerastx.decoding import DecodeResult, beam_search, greedy_search, sample
 from kerastx.special_ids import BOS_ID, EOS_ID
 from kerastx.tfutil import expected_retracing
+
+if TYPE_CHECKING:
+    from kerastx.config import DecodingConfig
 
 STRATEGIES = ("greedy", "beam", "sample")
 # Per-request settings of the exported model, in signature order, with their dtypes.

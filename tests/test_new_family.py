@@ -106,7 +106,9 @@ class TaggerTask(tasks.Task):
         return {"source_ids": tf.constant([[5, 6, 2, 0]], tf.int32)}
 
     def _texts(self, data, source_ids):
-        return [t.decode() for t in data.target_tokenizer.detokenize(best_tags(*source_ids)).numpy()]
+        return [
+            t.decode() for t in data.target_tokenizer.detokenize(best_tags(*source_ids)).numpy()
+        ]
 
     def text_decoder(self, model, data, settings):
         return lambda rows: self._texts(data, (model, rows["source_ids"]))
