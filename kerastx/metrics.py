@@ -1,6 +1,6 @@
 """Task metrics computed from decoded text, each the standard way.
 
-- WER / PER for G2P (BRIEF.md section 3): a word is correct if the hypothesis equals any
+- WER / PER for G2P (the CMUdict convention): a word is correct if the hypothesis equals any
   of its references; PER is the phoneme edit distance to the closest reference divided by
   that reference's length, summed over words and divided by the summed reference lengths.
 - BLEU and chrF with sacrebleu on detokenized text (the signature is returned so it can

@@ -39,3 +39,12 @@ def test_task_metrics_and_defaults():
     assert out["wer"] == 0.0 and out["accuracy"] == 100.0 and "bleu" not in out
     assert tasks.get("seq2seq").default_metrics("cmudict") == ("wer", "per")
     assert tasks.get("encoder_classifier").default_metrics("tsv") == ("accuracy",)
+
+
+def test_every_metric_has_one_direction_and_every_task_metric_is_registered():
+    assert metrics.METRICS["bleu"].higher_is_better and not metrics.METRICS["wer"].higher_is_better
+    assert metrics.signed("accuracy", 90.0) < metrics.signed("accuracy", 80.0)
+    assert metrics.signed("loss", 1.0) < metrics.signed("loss", 2.0)
+    for name in tasks.names():
+        assert set(tasks.get(name).decoded_metrics) <= set(metrics.METRICS), name
+    assert metrics.LOSS_METRICS == ("loss", "perplexity", "token_accuracy")

@@ -94,12 +94,14 @@ def _check_metrics(c: _Checker, cfg: ExperimentConfig, task) -> None:
     e = cfg.evaluation
     for metric in e.metrics:
         if metric not in task.decoded_metrics:
-            known = metric in metrics.METRICS
+            what = (
+                f"metric {metric!r} is not computed by model type '{task.name}'"
+                if metric in metrics.METRICS
+                else f"unknown metric {metric!r}"
+            )
             c.fail(
                 ("evaluation", "metrics"),
-                f"{'a' if known else 'unknown'} metric {metric!r}"
-                + (f" is not computed by model type '{task.name}'" if known else "")
-                + f" (use: {', '.join(task.decoded_metrics) or 'none: leave it empty'})",
+                f"{what} (use: {', '.join(task.decoded_metrics) or 'none: leave it empty'})",
             )
     computed = task.metric_names(cfg)
     if e.best_metric not in computed:
@@ -118,16 +120,9 @@ def _check_metrics(c: _Checker, cfg: ExperimentConfig, task) -> None:
         )
 
 
-def validate(cfg: ExperimentConfig, prov: Provenance) -> None:
-    """Checks the rules that involve several fields.
-
-    Raises:
-        ConfigError: every broken rule, one line each, naming the key and its file:line.
-    """
-    c = _Checker(prov)
-    m, d, t, dec = cfg.model, cfg.data, cfg.training, cfg.decoding
-
-    task = tasks.get(m.type)
+def _check_model(c: _Checker, cfg: ExperimentConfig, task) -> None:
+    """The model section: keys the family reads, widths, experts, conditions, lengths."""
+    m, d, dec = cfg.model, cfg.data, cfg.decoding
     _check_model_keys(c, cfg, task)
     if m.d_model % m.num_heads:
         c.fail(
@@ -166,7 +161,9 @@ def validate(cfg: ExperimentConfig, prov: Provenance) -> None:
             ("model", "max_length"),
         )
 
-    # Data.
+
+def _check_data(c: _Checker, cfg: ExperimentConfig, task) -> None:
+    d = cfg.data
     if not d.train:
         c.fail(("data", "train"), "needs at least one training corpus")
     for i, corpus in enumerate(d.train):
@@ -176,7 +173,9 @@ def validate(cfg: ExperimentConfig, prov: Provenance) -> None:
         if corpus is not None:
             _check_corpus(c, corpus, ("data", split), task)
 
-    # Training.
+
+def _check_training(c: _Checker, cfg: ExperimentConfig) -> None:
+    t = cfg.training
     if t.profile_steps and (len(t.profile_steps) != 2 or t.profile_steps[0] > t.profile_steps[1]):
         c.fail(
             ("training", "profile_steps"),
@@ -195,17 +194,15 @@ def validate(cfg: ExperimentConfig, prov: Provenance) -> None:
             f"only the adamw optimizer applies weight decay; optimizer is '{t.optimizer}'",
         )
 
-    # Evaluation and decoding.
-    _check_metrics(c, cfg, task)
+
+def _check_decoding_and_distribution(c: _Checker, cfg: ExperimentConfig) -> None:
+    dec, dist = cfg.decoding, cfg.distribution
     if dec.strategy == "beam" and dec.n_best > dec.beam_size:
         c.fail(
             ("decoding", "n_best"),
             f"must be <= beam_size ({dec.beam_size}); got {dec.n_best}",
             ("decoding", "beam_size"),
         )
-
-    # Distribution.
-    dist = cfg.distribution
     if dist.devices and dist.strategy not in ("one_device", "mirrored"):
         c.fail(
             ("distribution", "devices"),
@@ -213,5 +210,20 @@ def validate(cfg: ExperimentConfig, prov: Provenance) -> None:
         )
     if dist.strategy == "one_device" and len(dist.devices) > 1:
         c.fail(("distribution", "devices"), f"one_device takes one device; got {dist.devices}")
+
+
+def validate(cfg: ExperimentConfig, prov: Provenance) -> None:
+    """Checks the rules that involve several fields (the family's own rules included).
+
+    Raises:
+        ConfigError: every broken rule, one line each, naming the key and its file:line.
+    """
+    c = _Checker(prov)
+    task = tasks.get(cfg.model.type)
+    _check_model(c, cfg, task)
+    _check_data(c, cfg, task)
+    _check_training(c, cfg)
+    _check_metrics(c, cfg, task)
+    _check_decoding_and_distribution(c, cfg)
     if c.errors:
         raise ConfigError(c.errors)

@@ -203,6 +203,44 @@ CASES = [
         [],
         ["bad.yaml:6: YAML merge keys (<<) are not supported; use `base:`"],
     ),
+    (
+        "best_metric_never_computed",
+        DATA + "evaluation:\n  metrics: [accuracy]\n  best_metric: bleu\n",
+        [],
+        [
+            "bad.yaml:6: evaluation.best_metric: 'bleu' is not computed for this experiment "
+            "(model type 'seq2seq', evaluation.metrics=['accuracy']); it computes: loss, "
+            "perplexity, token_accuracy, accuracy"
+        ],
+    ),
+    (
+        "early_stopping_on_a_metric_never_computed",
+        DATA + "evaluation:\n  early_stopping_patience: 3\n",
+        ["evaluation.best_metric=wer"],
+        [
+            "--set evaluation.best_metric=wer: evaluation.best_metric: 'wer' is not computed "
+            "for this experiment (model type 'seq2seq', evaluation.metrics=['bleu', 'chrf']); "
+            "it computes: loss, perplexity, token_accuracy, bleu, chrf"
+        ],
+    ),
+    (
+        "metric_the_family_does_not_compute",
+        "data:\n  train:\n    - {type: labelled, path: x.tsv}\n"
+        "model:\n  type: encoder_classifier\nevaluation:\n  metrics: [bleu]\n",
+        [],
+        [
+            "bad.yaml:7: evaluation.metrics: metric 'bleu' is not computed by model type "
+            "'encoder_classifier' (use: accuracy)"
+        ],
+    ),
+    (
+        "unknown_metric",
+        DATA + "evaluation:\n  metrics: [bleux]\n",
+        [],
+        [
+            "bad.yaml:5: evaluation.metrics: unknown metric 'bleux' (use: wer, per, bleu, chrf, accuracy)"
+        ],
+    ),
 ]
 
 

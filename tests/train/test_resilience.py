@@ -1,4 +1,4 @@
-"""Kill, preempt and resume through the real command line (BRIEF.md section 4).
+"""Kill, preempt and resume through the real command line.
 
 Every run trains the synthetic copy task with dropout on and op determinism, so an
 interrupted-and-resumed run must log exactly the uninterrupted run's losses, bit for bit.
