@@ -8,6 +8,11 @@ these tests ran against; moving a pin starts with this file passing on the new r
   `_all_reduce_sum_gradients` (behaviour: tests/train/test_optimizers.py).
 - `kerastx.tfutil.expected_retracing`: sets the `tf.function` attribute
   `_omit_frequent_tracing_warning`.
+- `kerastx.layers.MultiHeadAttention`: subclasses `keras.layers.MultiHeadAttention`,
+  overrides its `_compute_attention` and reads its built sublayers and equations (the
+  key/value cache needs the projections apart; behaviour: tests/layers).
+- `kerastx.runtime.op_determinism`: TensorFlow's `is_op_determinism_enabled` and
+  `disable_op_determinism` (tests/test_runtime.py).
 """
 
 import configparser
@@ -111,3 +116,30 @@ def test_the_switch_silences_only_the_marked_function():
 
     assert _retracing_warnings(tf.function(unmarked))
     assert _retracing_warnings(expected_retracing(tf.function(marked))) == []
+
+
+# The private members of keras.layers.MultiHeadAttention that kerastx's subclass reads.
+MHA_ATTRIBUTES = (
+    "_num_heads",
+    "_key_dim",
+    "_query_dense",
+    "_key_dense",
+    "_value_dense",
+    "_output_dense",
+    "_inverse_sqrt_key_dim",
+    "_dot_product_equation",
+    "_combine_equation",
+    "_dropout",
+    "_dropout_layer",
+    "_output_shape",
+)
+
+
+def test_keras_multi_head_attention_still_has_what_the_subclass_reads():
+    layer = keras.layers.MultiHeadAttention(num_heads=2, key_dim=4)
+    x = keras.ops.ones((1, 3, 8))
+    layer(x, x)
+    missing = [name for name in MHA_ATTRIBUTES if not hasattr(layer, name)]
+    assert missing == []
+    params = list(inspect.signature(keras.layers.MultiHeadAttention._compute_attention).parameters)
+    assert params[:5] == ["self", "query", "key", "value", "attention_mask"]
