@@ -238,7 +238,8 @@ CASES = [
         DATA + "evaluation:\n  metrics: [bleux]\n",
         [],
         [
-            "bad.yaml:5: evaluation.metrics: unknown metric 'bleux' (use: wer, per, bleu, chrf, accuracy)"
+            "bad.yaml:5: evaluation.metrics: unknown metric 'bleux' "
+            "(use: wer, per, bleu, chrf, accuracy)"
         ],
     ),
 ]
