@@ -18,12 +18,25 @@ EXIT_USER_ERROR = 2
 EXIT_PREEMPTED = 75
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to the `sys.stderr` of the moment, not the one at setup (pytest's capture
+    and notebooks replace it; a handler holding a closed stream loses messages)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        del value
+
+
 def configure_logging() -> None:
     """kerastx's messages at INFO on stderr. Only the command line does this: a notebook
     or an application configures logging its own way (the `kerastx` logger propagates)."""
     log = logging.getLogger("kerastx")
     if not any(getattr(h, "kerastx_cli", False) for h in log.handlers):
-        handler = logging.StreamHandler()
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))
         handler.kerastx_cli = True
         log.addHandler(handler)
