@@ -12,7 +12,14 @@ from kerastx.config import CONFIG_FILE, ConfigError, ExperimentConfig, load_expe
 from kerastx.data import build_data
 from kerastx.errors import KerastxError
 from kerastx.models.build import build_model
-from kerastx.train.checkpoints import model_checkpoint
+from kerastx.train.checkpoints import (
+    CheckpointError,
+    ManifestMismatchError,
+    manifest_difference,
+    model_checkpoint,
+    read_manifest,
+    variable_manifest,
+)
 
 
 @dataclasses.dataclass
@@ -70,7 +77,20 @@ def load_run(run_dir: str, overrides: list[str] | None = None) -> Run:
     data = build_data(cfg)
     model = build_model(task, data, "none")
     path = checkpoint_to_load(run_dir)
+    _check_manifest(path, model)
     status = model_checkpoint(model).read(path)
     status.expect_partial()
     status.assert_existing_objects_matched()
     return Run(cfg=cfg, task=task, data=data, model=model, checkpoint=path)
+
+
+def _check_manifest(prefix: str, model) -> None:
+    """Refuses a checkpoint whose variables (names, shapes, dtypes) differ from the model's,
+    naming the first difference; a run from before manifests is read unchecked."""
+    try:
+        stored = read_manifest(prefix)
+    except CheckpointError:
+        return
+    difference = manifest_difference(stored, variable_manifest(model))
+    if difference:
+        raise ManifestMismatchError(f"{prefix}: {difference}")

@@ -82,3 +82,24 @@ def test_train_from_python_trains_and_reports(tmp_path):
     assert result["step"] == 8 and result["complete"] is None
     assert set(result["test"]) >= {"loss", "accuracy", "decoded"}
     assert "export" not in result
+
+
+def test_loading_a_run_whose_model_differs_names_the_first_variable(tmp_path_factory, tmp_path):
+    import json
+
+    from kerastx import runs
+    from kerastx.train.checkpoints import ManifestMismatchError
+
+    run_dir = str(tmp_path / "copy")
+    shutil.copytree(trained_runs.copy_run(tmp_path_factory.getbasetemp()), run_dir)
+    path = os.path.join(run_dir, "checkpoints", "variables.json")
+    with open(path) as f:
+        manifest = json.load(f)
+    entry = manifest["variables"][3]
+    entry["shape"] = [s + 1 for s in entry["shape"]]
+    with open(path, "w") as f:
+        json.dump(manifest, f)
+    with pytest.raises(
+        ManifestMismatchError, match=r"ckpt-150: variable 3 is .* in the checkpoint"
+    ):
+        runs.load_run(run_dir)
