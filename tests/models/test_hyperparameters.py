@@ -14,6 +14,7 @@ import inspect
 import keras
 import pytest
 
+from kerastx import tasks
 from kerastx.config.sections import ModelConfig
 from kerastx.models import DecoderLM, EncoderClassifier, Seq2SeqTransformer, _base
 
@@ -52,21 +53,7 @@ def constructor_defaults(cls):
 
 
 def keys_read_by(model_type):
-    """The `model:` keys `model_type` reads.
-
-    Where the task registry exists (`kerastx.tasks`, each task's `model_keys`) it says
-    which keys a family reads; before it, the fields' `applies_to` metadata did (None =
-    every type).
-    """
-    try:
-        from kerastx import tasks
-    except ImportError:  # the config's `applies_to`
-        return {
-            f.name
-            for f in dataclasses.fields(ModelConfig)
-            if f.name != "type"
-            and (f.metadata.get("applies_to") is None or model_type in f.metadata["applies_to"])
-        }
+    """The `model:` keys `model_type` reads: its task's `model_keys` (kerastx.tasks)."""
     return set(tasks.get(model_type).model_keys)
 
 
