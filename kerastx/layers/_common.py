@@ -48,3 +48,21 @@ def make_norm(norm, epsilon, dtype, name):
     if norm == "rmsnorm":
         return keras.layers.RMSNormalization(epsilon=epsilon, dtype=dtype, name=name)
     return LayerNormalization(epsilon=epsilon, dtype=dtype, name=name)
+
+
+def check_experts(num_experts, top_k, capacity_factor, aux_weight, z_weight) -> None:
+    """The mixture-of-experts arguments shared by layers and models."""
+    check_int("num_experts", num_experts, low=0)
+    if num_experts == 1:
+        raise ValueError(
+            "num_experts must be 0 (dense feed-forward) or >= 2. Received: num_experts=1"
+        )
+    check_int("experts_top_k", top_k)
+    if num_experts and top_k > num_experts:
+        raise ValueError(
+            "experts_top_k must not exceed num_experts. Received: "
+            f"experts_top_k={top_k}, num_experts={num_experts}"
+        )
+    check_number("expert_capacity_factor", capacity_factor, strict=True)
+    check_number("moe_aux_loss_weight", aux_weight)
+    check_number("moe_z_loss_weight", z_weight)

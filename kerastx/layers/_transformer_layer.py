@@ -45,20 +45,13 @@ class TransformerLayerBase(keras.layers.Layer):
         _common.check_choice("norm_position", norm_position, _common.NORM_POSITIONS)
         _common.check_number("norm_epsilon", norm_epsilon, strict=True)
         _common.check_bool("use_rotary_embedding", use_rotary_embedding)
-        _common.check_int("num_experts", num_experts, low=0)
-        if num_experts == 1:
-            raise ValueError(
-                "num_experts must be 0 (dense feed-forward) or >= 2. Received: num_experts=1"
-            )
-        _common.check_int("experts_top_k", experts_top_k)
-        if num_experts and experts_top_k > num_experts:
-            raise ValueError(
-                "experts_top_k must not exceed num_experts. Received: "
-                f"experts_top_k={experts_top_k}, num_experts={num_experts}"
-            )
-        _common.check_number("expert_capacity_factor", expert_capacity_factor, strict=True)
-        _common.check_number("moe_aux_loss_weight", moe_aux_loss_weight)
-        _common.check_number("moe_z_loss_weight", moe_z_loss_weight)
+        _common.check_experts(
+            num_experts,
+            experts_top_k,
+            expert_capacity_factor,
+            moe_aux_loss_weight,
+            moe_z_loss_weight,
+        )
         super().__init__(**kwargs)
         self.num_heads = num_heads
         self.ffn_dim = ffn_dim

@@ -315,21 +315,8 @@ def _check_blocks(ffn_dim, activation, dropout, attention_dropout, norm, norm_po
 
 
 def _check_experts(num_experts, top_k, capacity_factor, moe_every, aux_weight, z_weight):
-    _common.check_int("num_experts", num_experts, low=0)
-    if num_experts == 1:
-        raise ValueError(
-            "num_experts must be 0 (dense feed-forward) or >= 2. Received: num_experts=1"
-        )
-    _common.check_int("experts_top_k", top_k)
-    if num_experts and top_k > num_experts:
-        raise ValueError(
-            "experts_top_k must not exceed num_experts. Received: "
-            f"experts_top_k={top_k}, num_experts={num_experts}"
-        )
-    _common.check_number("expert_capacity_factor", capacity_factor, strict=True)
+    _common.check_experts(num_experts, top_k, capacity_factor, aux_weight, z_weight)
     _common.check_int("moe_every", moe_every)
-    _common.check_number("moe_aux_loss_weight", aux_weight)
-    _common.check_number("moe_z_loss_weight", z_weight)
 
 
 def _check_conditions(num_conditions, condition_dim):
