@@ -95,26 +95,6 @@ def split_texts(data, split: str, count: int) -> list[str]:
     return list(seen)
 
 
-def decode_with_model(
-    task, model, data, lines: list[str], settings: dict, batch_size: int, jit=False
-):
-    """Outputs of raw lines with the framework (the task's `predict`), input order kept.
-
-    Args:
-        task: the run's task.
-        model: the trained model.
-        data: the run's DataModule (its tokenizers and labels).
-        lines: list of str. Inputs.
-        settings: dict from `inference.settings_from_config`.
-        batch_size: int. Inputs decoded together.
-        jit: bool. Decode with XLA (see `inference.Decoder`).
-
-    Returns:
-        A `Decoded`.
-    """
-    return task.predict(model, data, lines, settings, batch_size, jit)
-
-
 def classify_lines(model, data, cfg, lines: list[str], batch_size: int) -> Decoded:
     """A classifier's `predict`: the label of each line, with its probability."""
     limit = cfg.data.max_source_length
@@ -155,11 +135,6 @@ def generate_lines(
         for row, i in enumerate(idx):
             out.outputs[i], out.scores[i] = _strings(texts[row]), [float(s) for s in scores[row]]
     return out
-
-
-def decode_with_export(task, loaded, lines: list[str], settings: dict, batch_size: int) -> Decoded:
-    """As `decode_with_model`, through a loaded SavedModel (the task's `predict_exported`)."""
-    return task.predict_exported(loaded, lines, settings, batch_size)
 
 
 def classify_with_export(loaded, lines: list[str], batch_size: int) -> Decoded:

@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_text  # noqa: F401 - registers the tokenizer ops of the SavedModel
 
-from kerastx import export, inference, predict, workflow
+from kerastx import export, inference, workflow
 from kerastx.data import synthetic
 from kerastx.runs import load_run
 from tests import trained_runs
@@ -176,7 +176,7 @@ def test_serves_in_a_process_without_kerastx_after_the_checkpoints_are_deleted(
     assert len(lines) == 50
     run = load_run(copy_run)
     settings = inference.settings_from_config(run.cfg.decoding)
-    before = predict.decode_with_model(run.task, run.model, run.data, lines, settings, 64)
+    before = run.task.predict(run.model, run.data, lines, settings, 64)
     served = str(tmp_path / "served_run")
     shutil.copytree(exported, served)
     shutil.rmtree(os.path.join(served, "checkpoints"))

@@ -57,7 +57,7 @@ def test_run_dir_and_export_dir_give_the_same_outputs_in_input_order(
     # Each line decoded alone gives the same output: the order is the input order.
     run = load_run(copy_run)
     settings = inference.settings_from_config(run.cfg.decoding)
-    alone = predict.decode_with_model(run.task, run.model, run.data, LINES, settings, 1)
+    alone = run.task.predict(run.model, run.data, LINES, settings, 1)
     assert outputs["run"] == [o[0] for o in alone.outputs]
 
 
