@@ -127,6 +127,32 @@ class DecoderLayer(TransformerLayerBase):
         if self.use_cross_attention and memory is None and cache is None:
             raise ValueError("memory is required when use_cross_attention=True.")
 
+        x, new_cache, scores = self._self_attention_step(
+            inputs, padding_mask, cache, cache_index, return_attention_scores, training
+        )
+        if self.use_cross_attention:
+            x, cross_scores = self._cross_attention_step(
+                x, memory, memory_mask, cache, return_attention_scores, training
+            )
+            if return_attention_scores:
+                scores["cross_attention"] = cross_scores  # (B, N, T, S)
+        x, _ = self._residual(
+            x,
+            self._feed_forward_norm,
+            self._feed_forward_dropout,
+            lambda y: self._feed_forward_call(self._feed_forward, y, padding_mask, training),
+            training,
+        )
+        if cache is not None:
+            return x, new_cache  # (B, T, D), cache
+        if return_attention_scores:
+            return x, scores  # (B, T, D), {name: (B, N, T, S)}
+        return x  # (B, T, D)
+
+    def _self_attention_step(
+        self, inputs, padding_mask, cache, cache_index, return_attention_scores, training
+    ):
+        """The causal self-attention block: `(x, updated cache or None, scores dict)`."""
         if cache is None:
             self_mask = masks_lib.self_attention_mask(
                 ops.shape(inputs)[1], padding_mask=padding_mask, causal=True
@@ -162,49 +188,37 @@ class DecoderLayer(TransformerLayerBase):
             new_cache["self_key"], new_cache["self_value"] = extra[0]["key"], extra[0]["value"]
         elif return_attention_scores:
             scores["self_attention"] = extra[0]  # (B, N, T, T)
+        return x, new_cache, scores
 
-        if self.use_cross_attention:
-            cross_mask = None
-            if memory_mask is not None:
-                cross_mask = masks_lib.key_padding_attention_mask(memory_mask)  # (B, 1, S)
-            if cache is None:
-                static = None
-            else:
-                static = {"key": cache["cross_key"], "value": cache["cross_value"]}
+    def _cross_attention_step(self, x, memory, memory_mask, cache, return_scores, training):
+        """The cross-attention block: `(x, scores (B, N, T, S) or None)`."""
+        cross_mask = None
+        if memory_mask is not None:
+            cross_mask = masks_lib.key_padding_attention_mask(memory_mask)  # (B, 1, S)
+        if cache is None:
+            static = None
+        else:
+            static = {"key": cache["cross_key"], "value": cache["cross_value"]}
 
-            def cross_block(y):
-                output = self._cross_attention(
-                    y,
-                    memory,
-                    attention_mask=cross_mask,
-                    cache=static,
-                    return_attention_scores=return_attention_scores,
-                    training=training,
-                )
-                return output[0] if static is not None else output
-
-            x, extra = self._residual(
-                x,
-                self._cross_attention_norm,
-                self._cross_attention_dropout,
-                cross_block,
-                training,
+        def cross_block(y):
+            output = self._cross_attention(
+                y,
+                memory,
+                attention_mask=cross_mask,
+                cache=static,
+                return_attention_scores=return_scores,
+                training=training,
             )
-            if return_attention_scores:
-                scores["cross_attention"] = extra[0]  # (B, N, T, S)
+            return output[0] if static is not None else output
 
-        x, _ = self._residual(
+        x, extra = self._residual(
             x,
-            self._feed_forward_norm,
-            self._feed_forward_dropout,
-            lambda y: self._feed_forward_call(self._feed_forward, y, padding_mask, training),
+            self._cross_attention_norm,
+            self._cross_attention_dropout,
+            cross_block,
             training,
         )
-        if cache is not None:
-            return x, new_cache  # (B, T, D), cache
-        if return_attention_scores:
-            return x, scores  # (B, T, D), {name: (B, N, T, S)}
-        return x  # (B, T, D)
+        return x, (extra[0] if return_scores else None)
 
     def get_config(self):
         config = super().get_config()
