@@ -32,15 +32,20 @@ class _StderrHandler(logging.StreamHandler):
 
 
 def configure_logging() -> None:
-    """kerastx's messages at INFO on stderr. Only the command line does this: a notebook
-    or an application configures logging its own way (the `kerastx` logger propagates)."""
-    log = logging.getLogger("kerastx")
-    if not any(getattr(h, "kerastx_cli", False) for h in log.handlers):
+    """kerastx's messages at INFO on stderr, one line each, for the command line only.
+
+    The handler goes on the root logger, as `logging.basicConfig` would put it: the
+    `kerastx` logger keeps propagating (a notebook or an application configures logging
+    its own way), and a library that calls `basicConfig` later (absl does, on its first
+    message) finds a handler and adds none, so no message is printed twice.
+    """
+    root = logging.getLogger()
+    if not any(getattr(h, "kerastx_cli", False) for h in root.handlers):
         handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))
         handler.kerastx_cli = True
-        log.addHandler(handler)
-        log.setLevel(logging.INFO)
+        root.addHandler(handler)
+    logging.getLogger("kerastx").setLevel(logging.INFO)
 
 
 def _workflow():

@@ -116,9 +116,26 @@ def test_cli_logging_reaches_a_handler_once(capsys):
 
     cli.configure_logging()
     cli.configure_logging()
-    handlers = [h for h in logging.getLogger("kerastx").handlers if getattr(h, "kerastx_cli", 0)]
+    handlers = [h for h in logging.getLogger().handlers if getattr(h, "kerastx_cli", 0)]
     assert len(handlers) == 1
     assert logging.getLogger("kerastx").propagate
     # It writes to the current stderr (here pytest's capture), not the one at setup.
     logging.getLogger("kerastx").warning("to the current stderr")
     assert "to the current stderr" in capsys.readouterr().err
+
+
+def test_cli_messages_print_once_when_a_library_calls_basic_config():
+    # absl calls logging.basicConfig() on its first message; the CLI's root handler
+    # makes that a no-op, so kerastx's lines are not printed twice.
+    code = (
+        "import logging\n"
+        "from kerastx import cli\n"
+        "cli.configure_logging()\n"
+        "logging.basicConfig()\n"
+        "logging.getLogger('kerastx.data').info('train[0]: 10 examples')\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert proc.stderr.splitlines().count("train[0]: 10 examples") == 1
+    assert "INFO:kerastx" not in proc.stderr
