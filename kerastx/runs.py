@@ -14,8 +14,7 @@ from kerastx.errors import KerastxError
 from kerastx.models.build import build_model
 from kerastx.train.checkpoints import (
     CheckpointError,
-    ManifestMismatchError,
-    manifest_difference,
+    check_manifest,
     model_checkpoint,
     read_manifest,
     variable_manifest,
@@ -90,7 +89,5 @@ def _check_manifest(prefix: str, model) -> None:
     try:
         stored = read_manifest(prefix)
     except CheckpointError:
-        return
-    difference = manifest_difference(stored, variable_manifest(model))
-    if difference:
-        raise ManifestMismatchError(f"{prefix}: {difference}")
+        stored = None
+    check_manifest(prefix, stored, variable_manifest(model))

@@ -11,6 +11,19 @@ from kerastx.layers.mixture_of_experts import MixtureOfExperts
 from kerastx.layers.multi_head_attention import MultiHeadAttention
 
 
+def check_block_arguments(
+    ffn_dim, activation, dropout, attention_dropout, norm, norm_position, norm_epsilon
+) -> None:
+    """The arguments of a Transformer block, shared by the layers and the models."""
+    _common.check_int("ffn_dim", ffn_dim)
+    _common.check_choice("activation", activation, ACTIVATIONS)
+    _common.check_rate("dropout", dropout)
+    _common.check_rate("attention_dropout", attention_dropout)
+    _common.check_choice("norm", norm, _common.NORMS)
+    _common.check_choice("norm_position", norm_position, _common.NORM_POSITIONS)
+    _common.check_number("norm_epsilon", norm_epsilon, strict=True)
+
+
 class TransformerLayerBase(keras.layers.Layer):
     """Checks and stores the arguments shared by the encoder and decoder layers.
 
@@ -37,13 +50,9 @@ class TransformerLayerBase(keras.layers.Layer):
         **kwargs,
     ):
         _common.check_int("num_heads", num_heads)
-        _common.check_int("ffn_dim", ffn_dim)
-        _common.check_choice("activation", activation, ACTIVATIONS)
-        _common.check_rate("dropout", dropout)
-        _common.check_rate("attention_dropout", attention_dropout)
-        _common.check_choice("norm", norm, _common.NORMS)
-        _common.check_choice("norm_position", norm_position, _common.NORM_POSITIONS)
-        _common.check_number("norm_epsilon", norm_epsilon, strict=True)
+        check_block_arguments(
+            ffn_dim, activation, dropout, attention_dropout, norm, norm_position, norm_epsilon
+        )
         _common.check_bool("use_rotary_embedding", use_rotary_embedding)
         _common.check_experts(
             num_experts,

@@ -9,8 +9,8 @@ import keras
 from keras import ops
 
 from kerastx.layers import _common
+from kerastx.layers._transformer_layer import check_block_arguments
 from kerastx.layers.dropout import Dropout
-from kerastx.layers.feed_forward import ACTIVATIONS
 from kerastx.layers.mixture_of_experts import MixtureOfExperts
 from kerastx.layers.position_embedding import PositionEmbedding
 from kerastx.layers.sinusoidal_position_encoding import SinusoidalPositionEncoding
@@ -84,7 +84,7 @@ class TransformerModelBase(keras.Model):
         shared = {name: arguments[name] for name in SHARED_ARGUMENTS}
         _check_width(d_model, num_heads)
         _check_embeddings(d_model, num_heads, position_encoding, max_length, scale_embeddings)
-        _check_blocks(
+        check_block_arguments(
             ffn_dim, activation, dropout, attention_dropout, norm, norm_position, norm_epsilon
         )
         _check_experts(
@@ -302,16 +302,6 @@ def _check_embeddings(d_model, num_heads, position_encoding, max_length, scale_e
         )
     _common.check_int("max_length", max_length)
     _common.check_bool("scale_embeddings", scale_embeddings)
-
-
-def _check_blocks(ffn_dim, activation, dropout, attention_dropout, norm, norm_position, epsilon):
-    _common.check_int("ffn_dim", ffn_dim)
-    _common.check_choice("activation", activation, ACTIVATIONS)
-    _common.check_rate("dropout", dropout)
-    _common.check_rate("attention_dropout", attention_dropout)
-    _common.check_choice("norm", norm, _common.NORMS)
-    _common.check_choice("norm_position", norm_position, _common.NORM_POSITIONS)
-    _common.check_number("norm_epsilon", epsilon, strict=True)
 
 
 def _check_experts(num_experts, top_k, capacity_factor, moe_every, aux_weight, z_weight):

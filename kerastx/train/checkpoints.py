@@ -178,6 +178,16 @@ def _key(entry: dict) -> tuple:
     return path, tuple(entry["shape"]), str(entry["dtype"])
 
 
+def check_manifest(where: str, stored: list[dict] | None, current: list[dict]) -> None:
+    """Raises `ManifestMismatchError` (one line, prefixed by `where`) when the manifests
+    differ; nothing to compare when `stored` is None (a run from before manifests)."""
+    difference = None if stored is None else manifest_difference(stored, current)
+    if difference:
+        raise ManifestMismatchError(
+            f"{where}: {difference}; the model config changed since the run was trained"
+        )
+
+
 def manifest_difference(stored: list[dict], current: list[dict]) -> str | None:
     """The first difference between two variable manifests, in words; None if they agree.
 
@@ -310,12 +320,7 @@ class Checkpoints:
                 count differs; one line naming the first differing position.
         """
         stored = None if self.manifest is None else _load_manifest(self.manifest_path)
-        difference = None if stored is None else manifest_difference(stored, self.manifest)
-        if difference:
-            raise ManifestMismatchError(
-                f"{self.manifest_path}: {difference}; "
-                f"the model config changed since the run was trained"
-            )
+        check_manifest(self.manifest_path, stored, self.manifest)
 
     def save(self, best: bool = False) -> str:
         """Writes a checkpoint at the current step (and as the best one if `best`)."""
