@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from kerastx.tasks.base import TRANSFORMER_MODEL_KEYS, Task
 
 
@@ -54,8 +56,6 @@ class ClassifierTask(Task):
         return predict.classify_with_export(loaded, lines, batch_size)
 
     def export_module(self, model, data):
-        import os
-
         from kerastx import export
 
         return export.ClassifierExport(

@@ -7,6 +7,7 @@ prompt fed as forced tokens) and in how a text becomes the decoder's input.
 
 from __future__ import annotations
 
+import os
 from typing import ClassVar
 
 from kerastx.tasks.base import Task
@@ -67,8 +68,6 @@ class GenerationTask(Task):
     # -- export ----------------------------------------------------------------------------
 
     def export_module(self, model, data):
-        import os
-
         from kerastx import export, inference
 
         return export.TextExport(
