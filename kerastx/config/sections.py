@@ -145,6 +145,13 @@ class DataConfig:
         doc="invalid UTF-8 in a data file: stop naming file and line, or replace and count",
         choices=("error", "replace"),
     )
+    empty_examples: str = option(
+        "drop",
+        doc="examples with an empty side (a blank line, or nothing left after "
+        "tokenization): dropped (counted and reported, like length drops) or an error "
+        "naming the file and line",
+        choices=("drop", "error"),
+    )
     batch_size: int = option(
         4096,
         doc="size of one training batch, in batch_unit, over batch_scope; a batch's tokens "
@@ -499,6 +506,13 @@ class DecodingConfig:
     batch_size: int = option(
         64, doc="examples decoded together", unit="examples", ge=1, resume_safe=True
     )
+    long_inputs: str = option(
+        "truncate",
+        doc="predict/score/evaluate: an input longer than data.max_source_length is cut "
+        "to it (counted and reported on stderr) or is an error naming its line",
+        choices=("truncate", "error"),
+        resume_safe=True,
+    )
     jit_compile: bool = option(
         False,
         doc="decode with XLA in evaluate and predict (greedy, beam; compiles once per batch "
@@ -518,6 +532,15 @@ class ExportConfig:
         "difference fails the export",
         unit="examples",
         ge=0,
+        resume_safe=True,
+    )
+    checkpoint: str = option(
+        "auto",
+        doc="weights that evaluate, predict and export load: best (checkpoints/best, by "
+        "evaluation.best_metric), last (the newest checkpoint), averaged (training."
+        "average_last); auto = averaged if the run made one, else best if it has one, else "
+        "last. The one used is printed",
+        choices=("auto", "best", "last", "averaged"),
         resume_safe=True,
     )
     examples: list[str] = option(
