@@ -122,6 +122,22 @@ class Task:
         return LOSS_METRICS + cls.chosen_metrics(cfg)
 
     @classmethod
+    def parameter_count(cls, model, sizes) -> int | None:
+        """The parameters of this family's model, in closed form (no TensorFlow).
+
+        Args:
+            model: the `model:` section.
+            sizes: a `kerastx.sizing.Sizes` (vocabularies, classes).
+
+        Returns:
+            The count `count_params()` gives once built, or None where the family does
+            not say (then `validate` warns of nothing and an out-of-memory message at
+            build time names no size).
+        """
+        del model, sizes
+        return None
+
+    @classmethod
     def check_config(cls, cfg, fail) -> None:
         """Family-specific cross-field rules: `fail(key_path, message, *other_paths)`."""
         del cfg, fail

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+from kerastx import sizing
 from kerastx.tasks.base import TRANSFORMER_MODEL_KEYS, Task
 
 
@@ -24,6 +25,10 @@ class ClassifierTask(Task):
     def default_metrics(cls, corpus_type):
         del corpus_type
         return ("accuracy",)
+
+    @classmethod
+    def parameter_count(cls, model, sizes):
+        return sizing.encoder_classifier(model, sizes.source_vocab, sizes.classes)
 
     def build_model(self, data):
         from kerastx.models import EncoderClassifier

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from kerastx import sizing
 from kerastx.special_ids import BOS_ID
 from kerastx.tasks.base import TRANSFORMER_MODEL_KEYS
 from kerastx.tasks.generation import GenerationTask
@@ -31,6 +32,10 @@ class LanguageModelTask(GenerationTask):
     corpus_types = ("text", "tsv", "tfrecord", "synthetic", "parallel", "cmudict")
     decode_input_key = "prompt_ids"
     filler_id = BOS_ID
+
+    @classmethod
+    def parameter_count(cls, model, sizes):
+        return sizing.decoder_only(model, sizes.source_vocab)
 
     def build_model(self, data):
         from kerastx.models import DecoderLM

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from kerastx import sizing
 from kerastx.special_ids import EOS_ID
 from kerastx.tasks.base import TRANSFORMER_MODEL_KEYS
 from kerastx.tasks.generation import GenerationTask
@@ -38,6 +39,10 @@ class Seq2SeqTask(GenerationTask):
         if corpus_type == "synthetic":
             return ("accuracy",)
         return ("bleu", "chrf")
+
+    @classmethod
+    def parameter_count(cls, model, sizes):
+        return sizing.encoder_decoder(model, sizes.source_vocab, sizes.target_vocab)
 
     @classmethod
     def check_config(cls, cfg, fail):
