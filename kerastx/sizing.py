@@ -166,7 +166,7 @@ def configured_sizes(cfg, target_vocabulary: str | None, labels: bool) -> Sizes:
         described += f", data.target_tokenizer.vocab_size={target}"
     if labels:
         described += ", 2 classes"
-    return Sizes(source, target, 2 if labels else None, f"vocabularies of {described}")
+    return Sizes(source, target, 2 if labels else None, f"the configured sizes ({described})")
 
 
 def state_bytes(parameters: int, optimizer: str) -> int:
@@ -176,7 +176,13 @@ def state_bytes(parameters: int, optimizer: str) -> int:
 
 def format_bytes(n: float) -> str:
     """`1.5 GiB`-style size (powers of 1024, as `free` and `top` show memory)."""
-    for unit, scale in (("PiB", 2**50), ("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20)):
+    for unit, scale in (
+        ("EiB", 2**60),
+        ("PiB", 2**50),
+        ("TiB", 2**40),
+        ("GiB", 2**30),
+        ("MiB", 2**20),
+    ):
         if abs(n) >= scale:
             return f"{n / scale:.1f} {unit}"
     if abs(n) >= 2**10:

@@ -25,7 +25,7 @@ import threading
 
 import tensorflow as tf
 
-from kerastx import evaluate, metrics, runtime, tasks
+from kerastx import evaluate, metrics, runtime, sizing, tasks
 from kerastx.config import ExperimentConfig, write_resolved
 from kerastx.data import build_data
 from kerastx.errors import KerastxError
@@ -103,9 +103,7 @@ class Trainer:
             write_resolved(cfg)
         self.data = data if data is not None else build_data(cfg)
         with runtime.seeded(cfg.seed), self.strategy.scope():
-            self.model = build_model(self.task, self.data, t.mixed_precision)
-            self.optimizer = build_optimizer(t)
-            self.optimizer.build(self.model.trainable_variables)
+            self.model, self.optimizer = self._build_model_and_optimizer()
             self.state = {
                 name: tf.Variable(
                     value,
@@ -157,6 +155,47 @@ class Trainer:
         self._sigterm = False
         self.restored_from = None
         self._running = (0, 1, (0, 0))  # the step call in flight: (step, steps, position)
+
+    def _build_model_and_optimizer(self):
+        """The model and its built optimizer; running out of memory is one line.
+
+        Raises:
+            OutOfMemory: TensorFlow or numpy could not allocate a variable (a model too
+                big for this machine): the line names its size and what to change.
+        """
+        t = self.cfg.training
+        try:
+            model = build_model(self.task, self.data, t.mixed_precision)
+            optimizer = build_optimizer(t)
+            optimizer.build(model.trainable_variables)
+        except (tf.errors.ResourceExhaustedError, MemoryError) as err:
+            raise OutOfMemory(self._build_out_of_memory(err)) from None
+        return model, optimizer
+
+    def _build_out_of_memory(self, err) -> str:
+        """The line of a model whose variables do not fit (see `kerastx.sizing`)."""
+        cfg, data = self.cfg, self.data
+        target = getattr(data, "target_tokenizer", None)
+        labels = getattr(data, "labels", None)
+        sizes = sizing.Sizes(
+            data.source_tokenizer.vocab_size,
+            target.vocab_size if target is not None else None,
+            len(labels) if labels is not None else None,
+        )
+        count = type(self.task).parameter_count(cfg.model, sizes)
+        parts = ["out of memory while creating the model's variables"]
+        if count is not None:
+            parts.append(sizing.size_text(count, cfg.training.optimizer))
+        have = sizing.machine_memory()
+        if have:
+            parts.append(f"this machine has {sizing.format_bytes(have)}")
+        detail = memory.tensorflow_detail(getattr(err, "message", None) or str(err))
+        if detail:
+            parts.append(
+                f"{'TensorFlow' if isinstance(err, tf.errors.OpError) else 'numpy'}: {detail}"
+            )
+        parts.append(sizing.advice(cfg.model, sizing.layer_keys(self.task.model_keys)))
+        return "; ".join(parts)
 
     # -- state -------------------------------------------------------------------------
 

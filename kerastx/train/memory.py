@@ -41,10 +41,11 @@ fails them.
 from __future__ import annotations
 
 import math
-import os
 import re
 
 import numpy as np
+
+from kerastx.sizing import format_bytes, machine_memory  # noqa: F401 - format_bytes: bench_memory
 
 _BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 POLICY_DTYPES = {"none": "float32", "bfloat16": "bfloat16", "float16": "float16"}
@@ -142,22 +143,6 @@ def estimate_step(model, batch_shapes: dict, optimizer=None, mixed_precision="no
         "update_phase": update,
         "total": params + opt + casts + max(backward, update),
     }
-
-
-def format_bytes(n: float) -> str:
-    """`1.5 GiB`-style size (powers of 1024, as `free` and `top` show memory)."""
-    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if abs(n) >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{int(n)} B"
-
-
-def machine_memory() -> int | None:
-    """Physical memory of this machine in bytes (None where unknown)."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):  # pragma: no cover - not POSIX
-        return None
 
 
 def batch_shapes_of(examples: int, length: int) -> dict:

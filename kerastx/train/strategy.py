@@ -41,9 +41,57 @@ def configure_logical_cpus(count: int) -> None:
         ) from None
 
 
+def _short_name(device: tf.DeviceSpec) -> str:
+    return f"/{device.device_type.lower()}:{device.device_index}"
+
+
+def check_devices(names: list[str], available: list[str]) -> list[str]:
+    """The `distribution.devices` names, each parsed and found among this machine's.
+
+    Args:
+        names: the configured device names (`/gpu:0`, `GPU:1`, `/device:CPU:0`, ...).
+        available: the names of this machine's logical devices
+            (`tf.config.list_logical_devices()`).
+
+    Returns:
+        The names, as given.
+
+    Raises:
+        KerastxError: a name that is not a device name, names no single device, or
+            names a device this machine does not have (the ones it has are listed).
+    """
+    have = {}
+    for name in available:
+        spec = tf.DeviceSpec.from_string(name)
+        have[(spec.device_type, spec.device_index)] = _short_name(spec)
+    listed = ", ".join(sorted(have.values()))
+    problems = []
+    for i, name in enumerate(names):
+        key = f"distribution.devices[{i}]"
+        try:
+            spec = tf.DeviceSpec.from_string(name)
+        except (ValueError, TypeError):
+            spec = None
+        if spec is None or spec.device_type is None or spec.device_index is None:
+            problems.append(
+                f"{key}: {name!r} is not the name of one device; write it as /gpu:0 or "
+                f"/cpu:0 (this machine has {listed})"
+            )
+        elif (
+            spec.job not in (None, "localhost") or (spec.device_type, spec.device_index) not in have
+        ):
+            problems.append(
+                f"{key}: {name!r}: no such device on this machine; it has {listed} "
+                f"(empty distribution.devices = all local GPUs, else the CPU)"
+            )
+    if problems:
+        raise KerastxError("\n".join(problems))
+    return list(names)
+
+
 def _local_devices(cfg: DistributionConfig) -> list[str]:
     if cfg.devices:
-        return list(cfg.devices)
+        return check_devices(cfg.devices, [d.name for d in tf.config.list_logical_devices()])
     gpus = tf.config.list_logical_devices("GPU")
     if gpus:
         return [d.name for d in gpus]
@@ -114,8 +162,33 @@ def make_strategy(cfg: DistributionConfig) -> tf.distribute.Strategy:
             cluster_resolver=resolver, communication_options=options
         )
     if name == "tpu":
-        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=cfg.tpu or None)
+        return _tpu_strategy(cfg.tpu)
+    raise KerastxError(f"distribution.strategy: unknown strategy {name!r}")  # pragma: no cover
+
+
+def _tpu_strategy(tpu: str) -> tf.distribute.Strategy:
+    """A `TPUStrategy` on the TPU `tpu` names; no TPU is one line.
+
+    Raises:
+        KerastxError: the resolver finds no TPU (no name on a machine without one, an
+            unknown name, no TPU runtime): TensorFlow's reason, shortened.
+    """
+    try:
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu or None)
         tf.config.experimental_connect_to_cluster(resolver)
         tf.tpu.experimental.initialize_tpu_system(resolver)
-        return tf.distribute.TPUStrategy(resolver)
-    raise KerastxError(f"distribution.strategy: unknown strategy {name!r}")  # pragma: no cover
+    except (ValueError, RuntimeError, OSError, tf.errors.OpError) as err:
+        raise KerastxError(
+            f"distribution.strategy=tpu: no TPU found (distribution.tpu={tpu!r}): "
+            f"{short_reason(err)}; set distribution.tpu to the TPU's name or grpc:// "
+            f"address, or use another distribution.strategy"
+        ) from None
+    return tf.distribute.TPUStrategy(resolver)
+
+
+def short_reason(err: BaseException, limit: int = 160) -> str:
+    """The first sentence of an exception's message (TensorFlow's run to pages)."""
+    text = getattr(err, "message", None) or str(err) or type(err).__name__
+    text = " ".join(text.strip().split("\n")[0].split())
+    first = text.split(". ")[0].rstrip(".")
+    return first if len(first) <= limit else first[: limit - 3] + "..."
