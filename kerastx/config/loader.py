@@ -3,10 +3,14 @@
 Precedence, lowest first: the defaults in `sections.py` <- each YAML file in the order
 given (a file's `base:` files come before the file itself) <- `--set key=value`.
 Mappings merge key by key; lists and scalars are replaced as a whole.
+
+After typing, the length caps left at their default follow a smaller `model.max_length`
+(`validation.follow_model`); then every typing error and broken rule is reported at once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import os
@@ -17,7 +21,7 @@ from typing import Any
 from kerastx.config import typed, yamlio
 from kerastx.config.errors import ConfigError
 from kerastx.config.sections import CorpusConfig, ExperimentConfig
-from kerastx.config.validation import validate
+from kerastx.config.validation import follow_model, validate
 
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 _SEGMENT = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
@@ -176,17 +180,21 @@ def load_experiment(
     prov.locations[()] = (paths[-1], 0)
     for text in prov.overrides:
         _apply_override(data, prov.locations, text)
-    cfg = typed.from_data(ExperimentConfig, data, prov.locations)
-    if not cfg.name:
-        cfg.name = os.path.splitext(os.path.basename(paths[-1]))[0]
-    if not _NAME.match(cfg.name):
-        raise ConfigError(
-            f"{typed.where(('name',), prov.locations)}: use letters, digits, '_', '-', '.' "
-            f"only; got {cfg.name!r}"
-        )
-    if not cfg.run_dir:
-        cfg.run_dir = os.path.join("runs", cfg.name)
-    validate(cfg, prov)
+    # Typing errors and broken cross-field rules are reported together: the rules run on
+    # the fields that typed (a failed one is a `typed.Invalid`; rules reading it skip).
+    cfg, errors = typed.build(ExperimentConfig, data, prov.locations)
+    with contextlib.suppress(typed.InvalidValueUsed):
+        if not cfg.name:
+            cfg.name = os.path.splitext(os.path.basename(paths[-1]))[0]
+        if not _NAME.match(cfg.name):
+            errors.append(
+                f"{typed.where(('name',), prov.locations)}: use letters, digits, '_', '-', "
+                f"'.' only; got {cfg.name!r}"
+            )
+        if not cfg.run_dir:
+            cfg.run_dir = os.path.join("runs", cfg.name)
+    follow_model(cfg, prov)
+    validate(cfg, prov, errors)
     return cfg, prov
 
 

@@ -127,11 +127,16 @@ class DataConfig:
         False, doc="one vocabulary for source and target (needed for share_embeddings: all)"
     )
     max_source_length: int = option(
-        256, doc="longest source kept, after tokenization, including EOS", unit="tokens", ge=2
+        256,
+        doc="longest source kept, after tokenization, including EOS; when not set, at most "
+        "model.max_length",
+        unit="tokens",
+        ge=2,
     )
     max_target_length: int = option(
         256,
-        doc="longest target kept, after tokenization, including BOS/EOS",
+        doc="longest target kept, after tokenization, including BOS/EOS; when not set, at "
+        "most model.max_length",
         unit="tokens",
         ge=2,
     )
@@ -490,7 +495,12 @@ class DecodingConfig:
         resume_safe=True,
     )
     seed: int = option(
-        0, doc="sample: seed of the stateless sampler", resume_safe=True, unit="seed"
+        0,
+        doc="sample: seed of the stateless sampler",
+        resume_safe=True,
+        unit="seed",
+        ge=0,
+        le=2**31 - 1,
     )
     max_length_a: float = option(
         2.0,
@@ -501,7 +511,11 @@ class DecodingConfig:
     )
     max_length_b: int = option(10, doc="see max_length_a", unit="tokens", ge=0, resume_safe=True)
     max_length: int = option(
-        256, doc="hard cap on output length (cache size)", unit="tokens", ge=1, resume_safe=True
+        256,
+        doc="hard cap on output length (cache size); when not set, at most model.max_length",
+        unit="tokens",
+        ge=1,
+        resume_safe=True,
     )
     batch_size: int = option(
         64, doc="examples decoded together", unit="examples", ge=1, resume_safe=True
@@ -601,7 +615,9 @@ class ExperimentConfig:
         unit="path",
         resume_safe=True,
     )
-    seed: int = option(1234, doc="seed of initialization, data order and dropout", unit="seed")
+    seed: int = option(
+        1234, doc="seed of initialization, data order and dropout", unit="seed", ge=0, le=2**32 - 1
+    )
     data: DataConfig = option(doc="the data section")
     model: ModelConfig = option(default_factory=ModelConfig, doc="the model section")
     training: TrainingConfig = option(default_factory=TrainingConfig, doc="the training section")

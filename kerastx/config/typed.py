@@ -22,6 +22,9 @@ from kerastx.config.errors import ConfigError
 from kerastx.config.yamlio import Locations
 
 MISSING = dataclasses.MISSING
+# Integers are bounded to what every consumer (NumPy, TensorFlow int64) can hold.
+INT_MAX = 2**63 - 1
+INT_MIN = -(2**63)
 # Strings YAML 1.1 reads as booleans; YAML 1.2 (our reader) keeps them as strings. Where
 # a boolean is expected they mean what the user meant.
 _TRUE_WORDS = {"yes", "y", "on", "true"}
@@ -124,6 +127,45 @@ def _describe(value: Any) -> str:
     return repr(value)
 
 
+class InvalidValueUsed(Exception):
+    """Raised when a rule reads a field that failed typing (see `Invalid`)."""
+
+
+class Invalid:
+    """Stands in a section for a value that failed typing (already reported).
+
+    `build` returns a config whose failed fields hold an `Invalid`, so the cross-field
+    rules can still run on the valid ones. Using it in any way (comparing, arithmetic,
+    truth, iteration, attributes, formatting) raises `InvalidValueUsed`, which skips the
+    rule that read it: a rule never reports on a value the user already has to fix.
+
+    Args:
+        path: tuple. The key path of the failed value.
+    """
+
+    __slots__ = ("path",)
+
+    def __init__(self, path: tuple):
+        object.__setattr__(self, "path", path)
+
+    def _used(self, *args: Any, **kwargs: Any) -> Any:
+        raise InvalidValueUsed(self.path)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        raise InvalidValueUsed(self.path)
+
+    def __repr__(self) -> str:
+        return f"<invalid {dotted(self.path)}>"
+
+    __bool__ = __eq__ = __ne__ = __lt__ = __le__ = __gt__ = __ge__ = __hash__ = _used
+    __len__ = __iter__ = __contains__ = __getitem__ = _used
+    __add__ = __radd__ = __sub__ = __rsub__ = __mul__ = __rmul__ = _used
+    __truediv__ = __rtruediv__ = __floordiv__ = __rfloordiv__ = __mod__ = __rmod__ = _used
+    __neg__ = __abs__ = __int__ = __float__ = __index__ = __str__ = __format__ = _used
+
+
 class _Collector:
     """Gathers problems while converting, so the user sees all of them at once."""
 
@@ -135,18 +177,19 @@ class _Collector:
         self.errors.append(f"{where(path, self.locs)}: {message}")
 
 
-def _check_bounds(value: Any, meta: dict, path: tuple, out: _Collector) -> None:
+def _check_bounds(value: Any, meta: dict, path: tuple, out: _Collector) -> bool:
+    """Whether `value` is within the field's choices and bounds; reports it if not."""
     choices = meta.get("choices")
     if choices is not None and value not in choices:
         listed = ", ".join(str(c) for c in choices)
         hint = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
         suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
         out.add(path, f"must be one of: {listed}; got {value!r}{suggestion}")
-        return
+        return False
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if isinstance(value, float) and math.isnan(value):
-            out.add(path, "must be a number, got NaN")
-            return
+        if isinstance(value, float) and not math.isfinite(value):
+            out.add(path, f"must be a finite number; got {value!r}")
+            return False
         for key, ok, sign in (
             ("ge", lambda v, b: v >= b, ">="),
             ("gt", lambda v, b: v > b, ">"),
@@ -156,7 +199,12 @@ def _check_bounds(value: Any, meta: dict, path: tuple, out: _Collector) -> None:
             bound = meta.get(key)
             if bound is not None and not ok(value, bound):
                 out.add(path, f"must be {sign} {bound}; got {value!r}")
-                return
+                return False
+        if isinstance(value, int) and not INT_MIN <= value <= INT_MAX:
+            sign, bound = ("<=", INT_MAX) if value > 0 else (">=", INT_MIN)
+            out.add(path, f"must be {sign} {bound} (a 64-bit integer); got {value}")
+            return False
+    return True
 
 
 def _convert(value: Any, tp: Any, meta: dict, path: tuple, out: _Collector) -> Any:
@@ -173,7 +221,7 @@ def _convert(value: Any, tp: Any, meta: dict, path: tuple, out: _Collector) -> A
             return MISSING
         item_tp = typing.get_args(inner)[0]
         items = [_convert(v, item_tp, meta, path + (i,), out) for i, v in enumerate(value)]
-        return items
+        return [Invalid(path + (i,)) if v is MISSING else v for i, v in enumerate(items)]
     if dataclasses.is_dataclass(inner):
         if not isinstance(value, dict):
             out.add(path, f"expected a mapping of {inner.__name__} keys, got {_describe(value)}")
@@ -218,8 +266,7 @@ def _convert(value: Any, tp: Any, meta: dict, path: tuple, out: _Collector) -> A
         result = str(value).lower() if isinstance(value, bool) else str(value)
     else:  # pragma: no cover - a section declared a type this module does not know
         raise TypeError(f"unsupported config type {tp!r} at {dotted(path)}")
-    _check_bounds(result, meta, path, out)
-    return result
+    return result if _check_bounds(result, meta, path, out) else MISSING
 
 
 def _build(cls: type, data: dict, path: tuple, out: _Collector) -> Any:
@@ -235,14 +282,34 @@ def _build(cls: type, data: dict, path: tuple, out: _Collector) -> Any:
     for name, field in fields.items():
         if name in data:
             value = _convert(data[name], hints[name], field.metadata, path + (name,), out)
-            if value is not MISSING:
-                kwargs[name] = value
+            kwargs[name] = Invalid(path + (name,)) if value is MISSING else value
         elif field.default is MISSING and field.default_factory is MISSING:
             out.add(path + (name,), f"missing required key ({field.metadata['doc']})")
-    try:
-        return cls(**kwargs)
-    except TypeError:
-        return MISSING  # a required field was missing or wrong: already reported
+            kwargs[name] = Invalid(path + (name,))
+    return cls(**kwargs)
+
+
+def build(cls: type, data: Any, locs: Locations) -> tuple[Any, list[str]]:
+    """Builds the section `cls` from plain YAML data, collecting every problem.
+
+    Args:
+        cls: a config dataclass.
+        data: dict. Plain data (from `yamlio` and overrides).
+        locs: key path -> (file, line), for messages.
+
+    Returns:
+        `(section, errors)`: every value that failed is an `Invalid` in the section;
+        `errors` holds one line per problem (empty when the section is valid).
+
+    Raises:
+        ConfigError: `data` is not a mapping.
+    """
+    out = _Collector(locs)
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where((), locs)}: an experiment must be a mapping of sections")
+    return _build(cls, data, (), out), out.errors
 
 
 def from_data(cls: type, data: Any, locs: Locations) -> Any:
@@ -259,14 +326,9 @@ def from_data(cls: type, data: Any, locs: Locations) -> Any:
     Raises:
         ConfigError: every problem found, one line each.
     """
-    out = _Collector(locs)
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where((), locs)}: an experiment must be a mapping of sections")
-    result = _build(cls, data, (), out)
-    if out.errors:
-        raise ConfigError(out.errors)
+    result, errors = build(cls, data, locs)
+    if errors:
+        raise ConfigError(errors)
     return result
 
 

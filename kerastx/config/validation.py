@@ -1,7 +1,13 @@
-"""Cross-field rules of an experiment, checked once after every field is typed."""
+"""Cross-field rules of an experiment, checked once after every field is typed.
+
+The rules run on the valid fields even when others failed typing: a failed field is a
+`typed.Invalid`, and a rule that reads one is skipped (`_Checker.rule`), so the user sees
+every typing error and every broken rule of the remaining values in one pass.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from typing import TYPE_CHECKING
 
@@ -37,6 +43,20 @@ class _Checker:
         self.prov = prov
         self.errors: list[str] = []
 
+    @staticmethod
+    def rule() -> contextlib.suppress:
+        """`with c.rule():` one rule; one that reads a field which failed typing is skipped."""
+        return contextlib.suppress(typed.InvalidValueUsed)
+
+    def origin(self, path: tuple) -> str:
+        """Where the value at `path` was set, for messages that name two keys."""
+        if path not in self.prov.locations:
+            return "the default"
+        filename, line = self.prov.locations[path]
+        if filename.startswith("--set "):
+            return f"set by {filename}"
+        return f"set at {filename}:{line}" if line else f"set in {filename}"
+
     def fail(self, path: tuple, message: str, *related: tuple) -> None:
         """Records a broken rule at `path`; names the first of `path` and `related` the user
         set (a rule broken by a default is reported where the other value was set)."""
@@ -50,59 +70,75 @@ class _Checker:
 
 
 def _check_corpus(c: _Checker, corpus: CorpusConfig, path: tuple, task) -> None:
-    reads = CORPUS_KEYS[corpus.type]
-    for f in dataclasses.fields(CorpusConfig):
-        if f.name in ("type", "weight") or f.name in reads:
-            continue
-        if c.prov.explicit(path + (f.name,)) and getattr(corpus, f.name) != f.default:
+    with c.rule():
+        reads = CORPUS_KEYS[corpus.type]
+        for f in dataclasses.fields(CorpusConfig):
+            if f.name in ("type", "weight") or f.name in reads:
+                continue
+            with c.rule():
+                if c.prov.explicit(path + (f.name,)) and getattr(corpus, f.name) != f.default:
+                    c.fail(
+                        path + (f.name,),
+                        f"not read by corpus type '{corpus.type}' (it reads: {', '.join(reads)})",
+                    )
+    with c.rule():
+        for key in CORPUS_REQUIRED.get(corpus.type, ()):
+            with c.rule():
+                if not getattr(corpus, key):
+                    c.fail(path + (key,), f"missing required key for corpus type '{corpus.type}'")
+    with c.rule():
+        if corpus.type == "synthetic" and corpus.min_length > corpus.max_length:
             c.fail(
-                path + (f.name,),
-                f"not read by corpus type '{corpus.type}' (it reads: {', '.join(reads)})",
+                path + ("min_length",),
+                f"must be <= max_length ({corpus.max_length}); got {corpus.min_length}",
             )
-    for key in CORPUS_REQUIRED.get(corpus.type, ()):
-        if not getattr(corpus, key):
-            c.fail(path + (key,), f"missing required key for corpus type '{corpus.type}'")
-    if corpus.type == "synthetic" and corpus.min_length > corpus.max_length:
-        c.fail(
-            path + ("min_length",),
-            f"must be <= max_length ({corpus.max_length}); got {corpus.min_length}",
-        )
-    if corpus.type not in task.corpus_types:
-        c.fail(
-            path + ("type",),
-            f"corpus type '{corpus.type}' cannot feed a '{task.name}' "
-            f"model (use one of: {', '.join(task.corpus_types)})",
-        )
+    with c.rule():
+        if corpus.type not in task.corpus_types:
+            c.fail(
+                path + ("type",),
+                f"corpus type '{corpus.type}' cannot feed a '{task.name}' "
+                f"model (use one of: {', '.join(task.corpus_types)})",
+            )
 
 
 def _check_model_keys(c: _Checker, cfg: ExperimentConfig, task) -> None:
     """`model:` keys set (away from their default) that the chosen family does not read."""
     m = cfg.model
     for f in dataclasses.fields(type(m)):
-        if f.name == "type" or f.name in task.model_keys:
-            continue
-        if c.prov.explicit(("model", f.name)) and getattr(m, f.name) != f.default:
-            readers = [name for name in tasks.names() if f.name in tasks.get(name).model_keys]
-            c.fail(
-                ("model", f.name),
-                f"not used by model type '{m.type}' (only by {', '.join(readers)})",
-            )
+        with c.rule():
+            if f.name == "type" or f.name in task.model_keys:
+                continue
+            if c.prov.explicit(("model", f.name)) and getattr(m, f.name) != f.default:
+                readers = [name for name in tasks.names() if f.name in tasks.get(name).model_keys]
+                c.fail(
+                    ("model", f.name),
+                    f"not used by model type '{m.type}' (only by {', '.join(readers)})",
+                )
 
 
 def _check_metrics(c: _Checker, cfg: ExperimentConfig, task) -> None:
     """Metrics the task cannot compute, and a best metric it will not report."""
     e = cfg.evaluation
-    for metric in e.metrics:
-        if metric not in task.decoded_metrics:
-            what = (
-                f"metric {metric!r} is not computed by model type '{task.name}'"
-                if metric in metrics.METRICS
-                else f"unknown metric {metric!r}"
-            )
-            c.fail(
-                ("evaluation", "metrics"),
-                f"{what} (use: {', '.join(task.decoded_metrics) or 'none: leave it empty'})",
-            )
+    with c.rule():
+        for metric in e.metrics:
+            with c.rule():
+                if metric not in task.decoded_metrics:
+                    what = (
+                        f"metric {metric!r} is not computed by model type '{task.name}'"
+                        if metric in metrics.METRICS
+                        else f"unknown metric {metric!r}"
+                    )
+                    c.fail(
+                        ("evaluation", "metrics"),
+                        f"{what} (use: "
+                        f"{', '.join(task.decoded_metrics) or 'none: leave it empty'})",
+                    )
+    with c.rule():
+        _check_best_metric(c, cfg, task)
+
+
+def _check_best_metric(c: _Checker, cfg: ExperimentConfig, task) -> None:
+    e = cfg.evaluation
     computed = task.metric_names(cfg)
     if e.best_metric not in computed:
         known = e.best_metric in metrics.METRICS
@@ -122,108 +158,156 @@ def _check_metrics(c: _Checker, cfg: ExperimentConfig, task) -> None:
 
 def _check_model(c: _Checker, cfg: ExperimentConfig, task) -> None:
     """The model section: keys the family reads, widths, experts, conditions, lengths."""
-    m, d, dec = cfg.model, cfg.data, cfg.decoding
-    _check_model_keys(c, cfg, task)
-    if m.d_model % m.num_heads:
-        c.fail(
-            ("model", "num_heads"),
-            f"d_model ({m.d_model}) must be divisible by num_heads ({m.num_heads})",
-            ("model", "d_model"),
-        )
-    elif m.position_encoding == "rope" and (m.d_model // m.num_heads) % 2:
-        c.fail(
-            ("model", "position_encoding"),
-            f"rope needs an even head size; d_model / num_heads = {m.d_model // m.num_heads}",
-        )
-    if m.num_experts and m.experts_top_k > m.num_experts:
-        c.fail(
-            ("model", "experts_top_k"),
-            f"must be <= num_experts ({m.num_experts}); got {m.experts_top_k}",
-            ("model", "num_experts"),
-        )
-    if m.num_conditions and m.condition_dim:
-        c.fail(
-            ("model", "condition_dim"),
-            "set num_conditions (tags) or condition_dim (vectors), not both",
-        )
-    task.check_config(cfg, c.fail)
-    for key in ("max_source_length", "max_target_length"):
-        if getattr(d, key) > m.max_length:
+    m = cfg.model
+    with c.rule():
+        _check_model_keys(c, cfg, task)
+    with c.rule():
+        if m.d_model % m.num_heads:
             c.fail(
-                ("data", key),
-                f"must be <= model.max_length ({m.max_length}); got {getattr(d, key)}",
-                ("model", "max_length"),
+                ("model", "num_heads"),
+                f"d_model ({m.d_model}) must be divisible by num_heads ({m.num_heads})",
+                ("model", "d_model"),
             )
-    if dec.max_length > m.max_length:
-        c.fail(
-            ("decoding", "max_length"),
-            f"must be <= model.max_length ({m.max_length}); got {dec.max_length}",
-            ("model", "max_length"),
-        )
+        elif m.position_encoding == "rope" and (m.d_model // m.num_heads) % 2:
+            c.fail(
+                ("model", "position_encoding"),
+                f"rope needs an even head size; d_model / num_heads = {m.d_model // m.num_heads}",
+            )
+    with c.rule():
+        if m.num_experts and m.experts_top_k > m.num_experts:
+            c.fail(
+                ("model", "experts_top_k"),
+                f"must be <= num_experts ({m.num_experts}); got {m.experts_top_k}",
+                ("model", "num_experts"),
+            )
+    with c.rule():
+        if m.num_conditions and m.condition_dim:
+            c.fail(
+                ("model", "condition_dim"),
+                "set num_conditions (tags) or condition_dim (vectors), not both",
+            )
+    with c.rule():
+        task.check_config(cfg, c.fail)
+    for path in LENGTH_CAPS:
+        with c.rule():
+            value = getattr(getattr(cfg, path[0]), path[1])
+            if value > m.max_length:
+                origin = c.origin(("model", "max_length"))
+                c.fail(
+                    path,
+                    f"must be <= model.max_length ({m.max_length}, {origin}); got {value}",
+                    ("model", "max_length"),
+                )
+
+
+# Lengths bounded by model.max_length; left at their default, they follow it (`follow_model`).
+LENGTH_CAPS = (
+    ("data", "max_source_length"),
+    ("data", "max_target_length"),
+    ("decoding", "max_length"),
+)
+
+
+def follow_model(cfg: ExperimentConfig, prov: Provenance) -> None:
+    """Lowers the `LENGTH_CAPS` the user did not set to a smaller model.max_length.
+
+    Their defaults (256) suit the default model; a user who sets `model.max_length: 64`
+    means every length to stay within it, and only a value the user set can conflict.
+    """
+    for path in LENGTH_CAPS:
+        with contextlib.suppress(typed.InvalidValueUsed):
+            section = getattr(cfg, path[0])
+            if not prov.explicit(path) and getattr(section, path[1]) > cfg.model.max_length:
+                setattr(section, path[1], cfg.model.max_length)
 
 
 def _check_data(c: _Checker, cfg: ExperimentConfig, task) -> None:
     d = cfg.data
-    if not d.train:
-        c.fail(("data", "train"), "needs at least one training corpus")
-    for i, corpus in enumerate(d.train):
-        _check_corpus(c, corpus, ("data", "train", i), task)
+    with c.rule():
+        if not d.train:
+            c.fail(("data", "train"), "needs at least one training corpus")
+    with c.rule():
+        for i, corpus in enumerate(d.train):
+            _check_corpus(c, corpus, ("data", "train", i), task)
     for split in ("dev", "test"):
-        corpus = getattr(d, split)
-        if corpus is not None:
-            _check_corpus(c, corpus, ("data", split), task)
+        with c.rule():
+            corpus = getattr(d, split)
+            if corpus is not None:
+                _check_corpus(c, corpus, ("data", split), task)
 
 
 def _check_training(c: _Checker, cfg: ExperimentConfig) -> None:
     t = cfg.training
-    if t.profile_steps and (len(t.profile_steps) != 2 or t.profile_steps[0] > t.profile_steps[1]):
-        c.fail(
-            ("training", "profile_steps"),
-            f"must be [first, last] with first <= last; got {t.profile_steps}",
-        )
-    for part in t.init_parts:
-        if part not in INIT_PARTS:
+    with c.rule():
+        steps = t.profile_steps
+        if steps and (len(steps) != 2 or steps[0] > steps[1]):
             c.fail(
-                ("training", "init_parts"), f"unknown part {part!r} (use: {', '.join(INIT_PARTS)})"
+                ("training", "profile_steps"),
+                f"must be [first, last] with first <= last; got {steps}",
             )
-    if t.init_parts and not t.init_from:
-        c.fail(("training", "init_parts"), "needs training.init_from")
-    if t.weight_decay and t.optimizer != "adamw":
-        c.fail(
-            ("training", "weight_decay"),
-            f"only the adamw optimizer applies weight decay; optimizer is '{t.optimizer}'",
-        )
+    with c.rule():
+        for part in t.init_parts:
+            with c.rule():
+                if part not in INIT_PARTS:
+                    c.fail(
+                        ("training", "init_parts"),
+                        f"unknown part {part!r} (use: {', '.join(INIT_PARTS)})",
+                    )
+    with c.rule():
+        if t.init_parts and not t.init_from:
+            c.fail(("training", "init_parts"), "needs training.init_from")
+    with c.rule():
+        if t.weight_decay and t.optimizer != "adamw":
+            c.fail(
+                ("training", "weight_decay"),
+                f"only the adamw optimizer applies weight decay; optimizer is '{t.optimizer}'",
+            )
 
 
 def _check_decoding_and_distribution(c: _Checker, cfg: ExperimentConfig) -> None:
     dec, dist = cfg.decoding, cfg.distribution
-    if dec.strategy == "beam" and dec.n_best > dec.beam_size:
-        c.fail(
-            ("decoding", "n_best"),
-            f"must be <= beam_size ({dec.beam_size}); got {dec.n_best}",
-            ("decoding", "beam_size"),
-        )
-    if dist.devices and dist.strategy not in ("one_device", "mirrored"):
-        c.fail(
-            ("distribution", "devices"),
-            f"only read by one_device and mirrored; strategy is '{dist.strategy}'",
-        )
-    if dist.strategy == "one_device" and len(dist.devices) > 1:
-        c.fail(("distribution", "devices"), f"one_device takes one device; got {dist.devices}")
+    with c.rule():
+        if dec.strategy == "beam" and dec.n_best > dec.beam_size:
+            c.fail(
+                ("decoding", "n_best"),
+                f"must be <= beam_size ({dec.beam_size}); got {dec.n_best}",
+                ("decoding", "beam_size"),
+            )
+    with c.rule():
+        if dist.devices and dist.strategy not in ("one_device", "mirrored"):
+            c.fail(
+                ("distribution", "devices"),
+                f"only read by one_device and mirrored; strategy is '{dist.strategy}'",
+            )
+    with c.rule():
+        if dist.strategy == "one_device" and len(dist.devices) > 1:
+            c.fail(("distribution", "devices"), f"one_device takes one device; got {dist.devices}")
 
 
-def validate(cfg: ExperimentConfig, prov: Provenance) -> None:
+def validate(cfg: ExperimentConfig, prov: Provenance, errors: list[str] | None = None) -> None:
     """Checks the rules that involve several fields (the family's own rules included).
 
+    Args:
+        cfg: ExperimentConfig. Fields that failed typing hold a `typed.Invalid`; the
+            rules that read one are skipped.
+        prov: Provenance. Where each value was set.
+        errors: list of str or None. Problems found before (typing), reported first.
+
     Raises:
-        ConfigError: every broken rule, one line each, naming the key and its file:line.
+        ConfigError: every earlier problem and every broken rule, one line each, naming
+            the key and its file:line.
     """
     c = _Checker(prov)
-    task = tasks.get(cfg.model.type)
-    _check_model(c, cfg, task)
-    _check_data(c, cfg, task)
-    _check_training(c, cfg)
-    _check_metrics(c, cfg, task)
-    _check_decoding_and_distribution(c, cfg)
+    c.errors.extend(errors or [])
+    try:
+        task = tasks.get(cfg.model.type)
+    except typed.InvalidValueUsed:
+        task = typed.Invalid(("model", "type"))  # the family's rules are skipped
+    for check in (_check_model, _check_data, _check_metrics):
+        with c.rule():
+            check(c, cfg, task)
+    for check in (_check_training, _check_decoding_and_distribution):
+        with c.rule():
+            check(c, cfg)
     if c.errors:
         raise ConfigError(c.errors)

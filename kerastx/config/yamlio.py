@@ -11,7 +11,10 @@ composes the YAML node graph with PyYAML and converts it itself:
 - a duplicate key is an error naming both lines;
 - any explicit tag other than the standard `!!str`, `!!int`, `!!float`, `!!bool`,
   `!!null`, `!!seq`, `!!map` is refused (no `!!python/object`: a config is data);
-- every value's line is recorded, so later errors can name `file:line`.
+- every value's line is recorded, so later errors can name `file:line`;
+- a document is bounded before it is converted: at most `MAX_BYTES` of text, `MAX_DEPTH`
+  levels of nesting, and `MAX_VALUES` values once aliases are expanded (an alias bomb of
+  a few lines would otherwise expand to billions of values).
 """
 
 from __future__ import annotations
@@ -34,6 +37,13 @@ _INT_HEX = re.compile(r"^0x[0-9a-fA-F]+$")
 _FLOAT_NUM = re.compile(r"^[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?$")
 _FLOAT_INF = re.compile(r"^[-+]?\.(inf|Inf|INF)$")
 _FLOAT_NAN = re.compile(r"^\.(nan|NaN|NAN)$")
+
+# Bounds of one document. An experiment holds a few hundred values, a few levels deep.
+MAX_BYTES = 2**20
+MAX_DEPTH = 64
+MAX_VALUES = 100_000
+# Longest integer written out (Python refuses to convert over 4300 digits).
+MAX_DIGITS = 100
 
 
 class _Core12Loader(yaml.SafeLoader):
@@ -79,6 +89,11 @@ def _scalar(node: yaml.ScalarNode, where: str) -> Any:
             raise ConfigError(f"{where}: {value!r} is not a boolean (write true or false)")
         return low == "true"
     if tag == _INT:
+        if len(value) > MAX_DIGITS:
+            raise ConfigError(
+                f"{where}: an integer of {len(value)} characters is too long (at most "
+                f"{MAX_DIGITS}; quote it if it is text)"
+            )
         if _INT_DEC.match(value):
             return int(value, 10)
         if _INT_OCT.match(value):
@@ -143,6 +158,84 @@ def _convert(node: yaml.Node, filename: str, path: tuple, locs: Locations, stack
     raise ConfigError(f"{where}: unsupported YAML node")  # pragma: no cover
 
 
+def _check_events(text: str, filename: str) -> None:
+    """Refuses nesting deeper than MAX_DEPTH and more than MAX_VALUES values written out,
+    from the parser's events: parsing, unlike composing, does not recurse, so the
+    composer never recurses that deep, and a huge document stops before it is composed."""
+    depth = values = 0
+    for event in yaml.parse(text, Loader=_Core12Loader):
+        if isinstance(event, (yaml.ScalarEvent, yaml.AliasEvent, yaml.CollectionStartEvent)):
+            values += 1
+            if values > MAX_VALUES:
+                raise ConfigError(
+                    f"{filename}:{event.start_mark.line + 1}: more than {MAX_VALUES} values "
+                    f"in one file; an experiment holds a few hundred"
+                )
+        if isinstance(event, (yaml.SequenceStartEvent, yaml.MappingStartEvent)):
+            depth += 1
+            if depth > MAX_DEPTH:
+                line = event.start_mark.line + 1
+                raise ConfigError(
+                    f"{filename}:{line}: YAML nested more than {MAX_DEPTH} levels deep; "
+                    f"an experiment is a few levels of sections"
+                )
+        elif isinstance(event, (yaml.SequenceEndEvent, yaml.MappingEndEvent)):
+            depth -= 1
+
+
+def _expanded_sizes(root: yaml.Node) -> dict[int, int]:
+    """id(node) -> how many values the node is once every alias is expanded.
+
+    Each distinct node is visited once (aliases share nodes), so this is linear in the
+    size of the text even when the expansion is exponential. A node inside itself (a
+    recursive alias) counts 1 there; converting reports it.
+    """
+    sizes: dict[int, int] = {}
+    on_path: set[int] = set()
+
+    def size(node: yaml.Node) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in on_path:
+            return 1
+        if isinstance(node, yaml.ScalarNode):
+            sizes[key] = 1
+            return 1
+        on_path.add(key)
+        if isinstance(node, yaml.MappingNode):
+            children = [n for pair in node.value for n in pair]
+        else:
+            children = list(node.value)
+        total = 1 + sum(size(n) for n in children)
+        on_path.discard(key)
+        sizes[key] = total
+        return total
+
+    size(root)
+    return sizes
+
+
+def _check_size(root: yaml.Node, filename: str) -> None:
+    """Refuses a document holding more than MAX_VALUES values once aliases are expanded;
+    names the top-level entry that expands most. (Without aliases, `_check_events`
+    already refused it.)"""
+    sizes = _expanded_sizes(root)
+    total = sizes.get(id(root), 1)
+    if total <= MAX_VALUES:
+        return
+    if isinstance(root, yaml.MappingNode):
+        entries = [(k.value, k, v) for k, v in root.value]
+    else:
+        entries = [(f"[{i}]", v, v) for i, v in enumerate(root.value)]
+    name, at, node = max(entries, key=lambda e: sizes.get(id(e[2]), 1))
+    count = sizes.get(id(node), 1)
+    raise ConfigError(
+        f"{filename}:{at.start_mark.line + 1}: {name}: YAML aliases expand this value to "
+        f"{count} values, over the limit of {MAX_VALUES} in one file"
+    )
+
+
 def loads(text: str, filename: str = "<string>") -> tuple[Any, Locations]:
     """Parses YAML text into plain Python data and the line of every value.
 
@@ -155,9 +248,16 @@ def loads(text: str, filename: str = "<string>") -> tuple[Any, Locations]:
         None; `locations` maps each key path (a tuple) to `(filename, line)`.
 
     Raises:
-        ConfigError: one line naming the file and line.
+        ConfigError: one line naming the file and line; also for a document over the
+            bounds (MAX_BYTES, MAX_DEPTH, MAX_VALUES).
     """
+    if len(text) > MAX_BYTES:
+        raise ConfigError(
+            f"{filename}: more than {MAX_BYTES} characters; an experiment file holds a few "
+            f"kilobytes"
+        )
     try:
+        _check_events(text, filename)
         nodes = list(yaml.compose_all(text, Loader=_Core12Loader))
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
@@ -172,6 +272,7 @@ def loads(text: str, filename: str = "<string>") -> tuple[Any, Locations]:
     locs: Locations = {}
     if not nodes or nodes[0] is None:
         return None, locs
+    _check_size(nodes[0], filename)
     return _convert(nodes[0], filename, (), locs, set()), locs
 
 
@@ -179,7 +280,7 @@ def load(path: str) -> tuple[Any, Locations]:
     """Reads a YAML file with `loads`; a missing or unreadable file is a ConfigError."""
     try:
         with open(path, encoding="utf-8") as f:
-            text = f.read()
+            text = f.read(MAX_BYTES + 1)  # `loads` refuses a longer text
     except FileNotFoundError:
         raise ConfigError(f"{path}: file not found") from None
     except UnicodeDecodeError as err:

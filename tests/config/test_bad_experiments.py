@@ -1,6 +1,7 @@
 """A table of bad experiment files, each with the exact error the user sees."""
 
 import textwrap
+import time
 
 import pytest
 
@@ -13,6 +14,16 @@ data:
   train:
     - type: synthetic
 """
+
+# An alias bomb: 8 lines, 9 aliases a level, 8 levels (9**8 values once expanded).
+BOMB = (
+    "a: &a ["
+    + ", ".join(["lol"] * 9)
+    + "]\n"
+    + "".join(
+        f"{n}: &{n} [" + ", ".join([f"*{p}"] * 9) + "]\n" for p, n in zip("abcdefg", "bcdefgh")
+    )
+)
 
 # (case id, YAML text (the file is written as bad.yaml), overrides, expected error lines)
 CASES = [
@@ -173,13 +184,30 @@ CASES = [
         ],
     ),
     (
-        "rule_broken_by_a_default_names_the_set_key",
-        DATA + "model:\n  max_length: 32\n",
+        "length_set_above_a_set_model_max_length_names_both_keys",
+        DATA + "model:\n  max_length: 32\ndecoding:\n  max_length: 64\n",
         [],
         [
-            "bad.yaml:5: data.max_source_length: must be <= model.max_length (32); got 256",
-            "bad.yaml:5: data.max_target_length: must be <= model.max_length (32); got 256",
-            "bad.yaml:5: decoding.max_length: must be <= model.max_length (32); got 256",
+            "bad.yaml:7: decoding.max_length: must be <= model.max_length "
+            "(32, set at bad.yaml:5); got 64"
+        ],
+    ),
+    (
+        "length_set_above_the_default_model_max_length",
+        DATA + "  max_source_length: 2000\n",
+        [],
+        [
+            "bad.yaml:4: data.max_source_length: must be <= model.max_length "
+            "(1024, the default); got 2000"
+        ],
+    ),
+    (
+        "length_override_above_a_model_max_length_override",
+        DATA,
+        ["model.max_length=100", "data.max_target_length=200"],
+        [
+            "--set data.max_target_length=200: data.max_target_length: must be <= "
+            "model.max_length (100, set by --set model.max_length=100); got 200"
         ],
     ),
     (
@@ -231,6 +259,126 @@ CASES = [
         [
             "bad.yaml:7: evaluation.metrics: metric 'bleu' is not computed by model type "
             "'encoder_classifier' (use: accuracy)"
+        ],
+    ),
+    (
+        "yaml_alias_bomb",
+        BOMB,
+        [],
+        [
+            "bad.yaml:8: h: YAML aliases expand this value to 48427561 values, over the "
+            "limit of 100000 in one file"
+        ],
+    ),
+    (
+        "yaml_nested_too_deep",
+        DATA + "name: " + "[" * 70 + "]" * 70 + "\n",
+        [],
+        [
+            "bad.yaml:4: YAML nested more than 64 levels deep; an experiment is a few "
+            "levels of sections"
+        ],
+    ),
+    (
+        "integer_too_long",
+        DATA + "seed: " + "9" * 101 + "\n",
+        [],
+        [
+            "bad.yaml:4: an integer of 101 characters is too long (at most 100; quote it "
+            "if it is text)"
+        ],
+    ),
+    (
+        "integer_beyond_64_bits",
+        DATA + "model:\n  d_model: 9223372036854775808\n",
+        [],
+        [
+            "bad.yaml:5: model.d_model: must be <= 9223372036854775807 (a 64-bit integer); "
+            "got 9223372036854775808"
+        ],
+    ),
+    (
+        "seed_negative",
+        DATA + "seed: -5\n",
+        [],
+        ["bad.yaml:4: seed: must be >= 0; got -5"],
+    ),
+    (
+        "seed_too_large",
+        DATA + "seed: 99999999999999999999\n",
+        [],
+        ["bad.yaml:4: seed: must be <= 4294967295; got 99999999999999999999"],
+    ),
+    (
+        "decoding_seed_beyond_int32",
+        DATA + "decoding:\n  seed: 2147483648\n",
+        [],
+        ["bad.yaml:5: decoding.seed: must be <= 2147483647; got 2147483648"],
+    ),
+    (
+        "number_overflowing_to_infinity",
+        DATA + "training:\n  learning_rate: 1e999\n",
+        [],
+        ["bad.yaml:5: training.learning_rate: must be a finite number; got inf"],
+    ),
+    (
+        "yaml_infinity_and_nan",
+        DATA + "decoding:\n  temperature: .inf\n  length_penalty: .NaN\n"
+        "training:\n  clip_norm: -.Inf\n",
+        [],
+        [
+            "bad.yaml:8: training.clip_norm: must be a finite number; got -inf",
+            "bad.yaml:6: decoding.length_penalty: must be a finite number; got nan",
+            "bad.yaml:5: decoding.temperature: must be a finite number; got inf",
+        ],
+    ),
+    (
+        "override_infinity",
+        DATA,
+        ["training.learning_rate=.inf"],
+        [
+            "--set training.learning_rate=.inf: training.learning_rate: must be a finite "
+            "number; got inf"
+        ],
+    ),
+    (
+        "range_error_and_cross_field_error_together",
+        DATA + "model:\n  dropout: 1.5\n  d_model: 100\n  num_heads: 8\n",
+        [],
+        [
+            "bad.yaml:5: model.dropout: must be < 1; got 1.5",
+            "bad.yaml:7: model.num_heads: d_model (100) must be divisible by num_heads (8)",
+        ],
+    ),
+    (
+        "type_errors_in_a_corpus_and_a_rule_of_another",
+        "data:\n  train:\n    - {type: synthetic, num_examples: 0}\n"
+        "    - {type: parallel, source: a.txt}\ntraining:\n  weight_decay: 0.1\n",
+        [],
+        [
+            "bad.yaml:3: data.train[0].num_examples: must be >= 1; got 0",
+            "bad.yaml:4: data.train[1].target: missing required key for corpus type 'parallel'",
+            "bad.yaml:6: training.weight_decay: only the adamw optimizer applies weight decay; "
+            "optimizer is 'adam'",
+        ],
+    ),
+    (
+        "rules_of_a_family_skipped_when_the_model_type_failed",
+        DATA + "model:\n  type: seq2sq\n  d_model: 100\nevaluation:\n  best_metric: blue\n",
+        [],
+        [
+            "bad.yaml:5: model.type: must be one of: seq2seq, decoder_lm, encoder_classifier; "
+            "got 'seq2sq' (did you mean 'seq2seq'?)",
+            "bad.yaml:6: model.num_heads: d_model (100) must be divisible by num_heads (8)",
+        ],
+    ),
+    (
+        "bad_name_and_a_range_error",
+        DATA + "name: my run\nseed: -1\n",
+        [],
+        [
+            "bad.yaml:5: seed: must be >= 0; got -1",
+            "bad.yaml:4: name: use letters, digits, '_', '-', '.' only; got 'my run'",
         ],
     ),
     (
@@ -304,3 +452,28 @@ def test_error_messages_are_single_lines():
     for _, _, _, expected in CASES:
         assert all("\n" not in line for line in expected)
     assert len(CASES) >= 12, textwrap.shorten("the issue asks for at least 12 cases", 40)
+
+
+def test_alias_bomb_is_refused_at_once_through_the_cli(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "bomb.yaml").write_text(BOMB)
+    start = time.perf_counter()
+    assert main(["validate", "bomb.yaml"]) == 2
+    assert time.perf_counter() - start < 1.0  # before: minutes and over 2 GB
+    assert capsys.readouterr().err.splitlines() == [
+        "kerastx validate: error: bomb.yaml:8: h: YAML aliases expand this value to 48427561 "
+        "values, over the limit of 100000 in one file"
+    ]
+
+
+def test_range_and_cross_field_errors_reported_together_by_the_cli(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "bad.yaml").write_text(DATA + "seed: -1\nmodel:\n  d_model: 100\n")
+    assert main(["validate", "bad.yaml", "--set", "training.learning_rate=1e999"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "kerastx validate: error: bad.yaml:4: seed: must be >= 0; got -1",
+        "kerastx validate: error: --set training.learning_rate=1e999: "
+        "training.learning_rate: must be a finite number; got inf",
+        "kerastx validate: error: bad.yaml:6: model.num_heads: d_model (100) must be "
+        "divisible by num_heads (8)",
+    ]

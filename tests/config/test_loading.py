@@ -63,6 +63,27 @@ def test_numbers_in_scientific_notation_and_integral_floats(tmp_path):
     assert isinstance(cfg.training.train_steps, int)
 
 
+def test_small_alias_use_still_works(tmp_path):
+    cfg, _ = _load(
+        tmp_path,
+        "data:\n  train:\n    - &corpus {type: synthetic, num_examples: 7}\n"
+        "  dev: *corpus\n  test: *corpus\nmodel:\n  d_model: &width 64\n  ffn_dim: *width\n",
+    )
+    assert cfg.data.dev.num_examples == cfg.data.test.num_examples == 7
+    assert cfg.model.ffn_dim == 64
+
+
+def test_length_caps_left_at_their_default_follow_a_smaller_model_max_length(tmp_path):
+    cfg, prov = _load(tmp_path, DATA + "model:\n  max_length: 64\n")
+    assert (cfg.data.max_source_length, cfg.data.max_target_length) == (64, 64)
+    assert cfg.decoding.max_length == 64
+    assert not prov.explicit(("decoding", "max_length"))
+    cfg, _ = _load(tmp_path, DATA + "model:\n  max_length: 64\ndecoding:\n  max_length: 32\n")
+    assert cfg.decoding.max_length == 32  # a value the user set is kept
+    cfg, _ = _load(tmp_path, DATA + "model:\n  max_length: 2048\n")
+    assert cfg.decoding.max_length == 256  # a larger model leaves the defaults alone
+
+
 def test_defaults_fill_everything_else(tmp_path):
     cfg, prov = _load(tmp_path, DATA)
     assert cfg.name == "exp"
