@@ -58,19 +58,33 @@ def train(cfg: ExperimentConfig, data=None, strategy=None) -> dict:
         run with nothing to do, else None), and when they ran "averaged" (checkpoint),
         "test" (metrics), "export" (directory) and "examples" (what the export says).
         Errors raise (SIGTERM: `Preempted`, exit code 75).
+
+    The chief first checks the run directory (`config.rundir.check_run_dir`: new, empty
+    or a kerastx run, and writable), then holds its lock (`train.run_lock`) through
+    training, averaging, the test evaluation and the export: a second training of the
+    same directory is refused with one line naming the holder.
     """
-    trainer = Trainer(cfg, data=data, strategy=strategy)
-    result = trainer.run()
-    if result["complete"] or not trainer.chief:
+    from kerastx.config.rundir import check_run_dir
+    from kerastx.train import run_lock
+    from kerastx.train.strategy import is_chief, make_strategy
+
+    strategy = strategy or make_strategy(cfg.distribution)
+    chief = is_chief(strategy)
+    if chief:
+        check_run_dir(cfg.run_dir)  # before the lock file is the first thing written
+    with run_lock.hold(cfg.run_dir, enabled=chief):
+        trainer = Trainer(cfg, data=data, strategy=strategy)
+        result = trainer.run()
+        if result["complete"] or not trainer.chief:
+            return result
+        if cfg.training.average_last > 1:
+            result["averaged"] = average_last(trainer)
+        if cfg.data.test is not None:
+            result["test"] = evaluate(cfg.run_dir)
+        if cfg.export.enabled:
+            result["export"] = export(cfg.run_dir)
+            result["examples"] = show_exported_examples(cfg)
         return result
-    if cfg.training.average_last > 1:
-        result["averaged"] = average_last(trainer)
-    if cfg.data.test is not None:
-        result["test"] = evaluate(cfg.run_dir)
-    if cfg.export.enabled:
-        result["export"] = export(cfg.run_dir)
-        result["examples"] = show_exported_examples(cfg)
-    return result
 
 
 def average_last(trainer) -> str:

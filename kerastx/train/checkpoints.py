@@ -38,13 +38,12 @@ import tempfile
 
 import tensorflow as tf
 
+from kerastx.config.rundir import BEST_DIR, CHECKPOINT_DIR, VARIABLES_FILE
 from kerastx.errors import KerastxError
 
 log = logging.getLogger("kerastx")
 
-CHECKPOINT_DIR = "checkpoints"
-BEST_DIR = "best"
-MANIFEST = "variables.json"
+MANIFEST = VARIABLES_FILE
 MODEL_KEY = "model/items/{}/.ATTRIBUTES/VARIABLE_VALUE"
 
 # What `tf.train.Checkpoint.read` raises for a damaged checkpoint (TF 2.21, found by
@@ -346,39 +345,10 @@ class Checkpoints:
         Raises:
             CheckpointError: checkpoints exist but none can be read, or see `restore`.
         """
-        state = tf.train.get_checkpoint_state(self.directory)
-        if state is None:
-            if tf.io.gfile.glob(os.path.join(self.directory, "ckpt-*.index")):
-                raise CheckpointError(
-                    f"{self.directory}: checkpoint files exist but the 'checkpoint' state "
-                    f"file is missing; restore it or move the files away to start over"
-                )
+        candidates = listed_checkpoints(self.directory)
+        if not candidates:
             return None
-        candidates = list(reversed(state.all_model_checkpoint_paths)) or [
-            state.model_checkpoint_path
-        ]
-        problems = []
-        for path in candidates:
-            if not os.path.isabs(path):
-                path = os.path.join(self.directory, path)
-            try:
-                self.restore(path)
-            except UnreadableCheckpointError as err:
-                problems.append(f"{os.path.basename(path)}: {err.reason}")
-                log.warning(
-                    "checkpoint %s cannot be restored (%s); trying an older one", path, err.reason
-                )
-                continue
-            if problems:
-                log.warning(
-                    "resumed from %s; skipped unreadable newer checkpoint(s): %s",
-                    path,
-                    "; ".join(problems),
-                )
-            return path
-        raise CheckpointError(
-            f"{self.directory}: no checkpoint can be restored ({'; '.join(problems)})"
-        )
+        return restore_newest_readable(candidates, self.restore, self.directory)
 
     def restore(self, path: str) -> None:
         """Restores every tracked object from `path`, once the model's manifest agrees.
@@ -389,10 +359,7 @@ class Checkpoints:
             CheckpointError: the checkpoint lacks an object tracked here.
         """
         self.check_manifest()
-        try:
-            status = self.checkpoint.read(path)
-        except READ_ERRORS as err:
-            raise UnreadableCheckpointError(path, _first_line(err)) from err
+        status = read_checkpoint(self.checkpoint, path)
         try:
             status.assert_existing_objects_matched()
         except AssertionError as err:
@@ -406,6 +373,85 @@ class Checkpoints:
             _write_manifest(self.directory, self.manifest)
             self._manifest_after_restore = False
             log.info("%s written: the run had none (restored %s)", self.manifest_path, path)
+
+
+def listed_checkpoints(directory: str) -> list[str]:
+    """The checkpoint prefixes a directory's `checkpoint` state file lists, newest first.
+
+    Returns:
+        list of str (absolute paths); empty when the directory has no checkpoint.
+
+    Raises:
+        CheckpointError: checkpoint files exist but the state file is missing.
+    """
+    state = tf.train.get_checkpoint_state(directory) if os.path.isdir(directory) else None
+    if state is None:
+        if tf.io.gfile.glob(os.path.join(directory, "*.index")):
+            raise CheckpointError(
+                f"{directory}: checkpoint files exist but the 'checkpoint' state "
+                f"file is missing; restore it or move the files away to start over"
+            )
+        return []
+    paths = list(reversed(state.all_model_checkpoint_paths)) or [state.model_checkpoint_path]
+    return [p if os.path.isabs(p) else os.path.join(directory, p) for p in paths]
+
+
+def restore_newest_readable(paths: list[str], restore, where: str) -> str:
+    """Restores the first of `paths` (newest first) that can be read: the fallback that
+    the trainer's resume, `runs.load_run` (evaluate, predict, export, score) and
+    `training.init_from` share.
+
+    Each checkpoint that cannot be read (`restore` raised `UnreadableCheckpointError`) is
+    named in a warning and the next one is tried; any other error propagates at once.
+
+    Args:
+        paths: list of str. Checkpoint prefixes, in order of preference.
+        restore: callable(path). Reads the checkpoint into the objects at hand.
+        where: str. What the message names when none can be read (a directory).
+
+    Returns:
+        The path restored.
+
+    Raises:
+        CheckpointError: `paths` is empty or none can be read (one line naming each).
+    """
+    problems = []
+    for i, path in enumerate(paths):
+        try:
+            restore(path)
+        except UnreadableCheckpointError as err:
+            problems.append(f"{os.path.basename(path)}: {err.reason}")
+            log.warning(
+                "checkpoint %s cannot be restored (%s)%s",
+                path,
+                err.reason,
+                "; trying an older one" if i + 1 < len(paths) else "",
+            )
+            continue
+        if problems:
+            log.warning(
+                "restored %s; skipped unreadable newer checkpoint(s): %s",
+                path,
+                "; ".join(problems),
+            )
+        return path
+    if not problems:
+        raise CheckpointError(f"{where}: no checkpoint to restore")
+    raise CheckpointError(f"{where}: no checkpoint can be restored ({'; '.join(problems)})")
+
+
+def read_checkpoint(checkpoint: tf.train.Checkpoint, path: str):
+    """`checkpoint.read(path)` (the load status), through `guarded_read`."""
+    return guarded_read(path, checkpoint.read, path)
+
+
+def guarded_read(path: str, read, *args):
+    """`read(*args)`, a read of checkpoint `path`: what TF raises for damaged files
+    (`READ_ERRORS`) becomes `UnreadableCheckpointError(path, first line)`."""
+    try:
+        return read(*args)
+    except READ_ERRORS as err:
+        raise UnreadableCheckpointError(path, _first_line(err)) from err
 
 
 def average_checkpoints(model, paths: list[str], out_dir: str, step: int) -> str:

@@ -16,7 +16,11 @@ from kerastx.train.checkpoints import (
     CheckpointError,
     VariableBag,
     canonical_path,
+    guarded_read,
+    listed_checkpoints,
+    read_checkpoint,
     read_manifest,
+    restore_newest_readable,
 )
 
 log = logging.getLogger("kerastx")
@@ -36,15 +40,19 @@ def in_part(path: str, part: str) -> bool:
     raise ValueError(f"unknown init part {part!r} (use: {', '.join(INIT_PARTS)})")
 
 
-def checkpoint_path(path: str) -> str:
-    """A run directory, a checkpoints directory or a checkpoint prefix -> the prefix."""
-    for candidate in (os.path.join(path, "checkpoints"), path):
-        if os.path.isdir(candidate):
-            latest = tf.train.latest_checkpoint(candidate)
-            if latest:
-                return latest
+def checkpoint_paths(path: str) -> list[str]:
+    """A run directory, a checkpoints directory or a checkpoint prefix -> the prefixes to
+    try, newest first (a directory's older checkpoints back up an unreadable newest)."""
+    try:
+        for candidate in (os.path.join(path, "checkpoints"), path):
+            if os.path.isdir(candidate):
+                listed = listed_checkpoints(candidate)
+                if listed:
+                    return listed
+    except CheckpointError as err:
+        raise KerastxError(f"training.init_from: {err}") from None
     if tf.io.gfile.exists(path + ".index"):
-        return path
+        return [path]
     raise KerastxError(f"training.init_from: no checkpoint found at {path}")
 
 
@@ -66,16 +74,37 @@ def init_from(model, optimizer, cfg: TrainingConfig) -> list[str]:
     Returns:
         The paths of the model variables copied.
 
+    A run (or checkpoints) directory's newest checkpoint that cannot be read is named in
+    a warning and the one before is used (`checkpoints.restore_newest_readable`).
+
     Raises:
-        KerastxError: no checkpoint, a variable missing (full init), a shape mismatch
-            (one line naming the variable and both shapes), or nothing to copy.
+        KerastxError: no checkpoint, none readable (one line naming each), a variable
+            missing (full init), a shape mismatch (one line naming the variable and both
+            shapes), or nothing to copy.
     """
-    prefix = checkpoint_path(cfg.init_from)
+    paths = checkpoint_paths(cfg.init_from)
+    copied: list[str] = []
+
+    def copy(prefix: str) -> None:
+        copied[:] = _copy(model, optimizer, cfg, prefix)
+
+    try:
+        prefix = restore_newest_readable(paths, copy, os.path.dirname(paths[0]))
+    except CheckpointError as err:
+        raise KerastxError(
+            f"training.init_from: {err}; point training.init_from at a readable checkpoint"
+        ) from None
+    log.info("initialized %d variables from %s", len(copied), prefix)
+    return copied
+
+
+def _copy(model, optimizer, cfg: TrainingConfig, prefix: str) -> list[str]:
+    """Copies the variables of `init_from` from checkpoint `prefix`; see `init_from`."""
     try:
         manifest = read_manifest(prefix)
     except CheckpointError as err:
         raise KerastxError(f"training.init_from: {err}") from None
-    reader = tf.train.load_checkpoint(prefix)
+    reader = guarded_read(prefix, tf.train.load_checkpoint, prefix)
     index = {entry["path"]: i for i, entry in enumerate(manifest)}
     parts = [p for p in cfg.init_parts if p != "optimizer"]
     copied = []
@@ -88,7 +117,7 @@ def init_from(model, optimizer, cfg: TrainingConfig) -> list[str]:
             if not parts:
                 raise KerastxError(f"training.init_from: {prefix} has no variable {path}")
             continue
-        value = reader.get_tensor(MODEL_KEY.format(i))
+        value = guarded_read(prefix, reader.get_tensor, MODEL_KEY.format(i))
         if tuple(value.shape) != tuple(var.shape):
             raise KerastxError(
                 f"training.init_from: {path} has shape {tuple(value.shape)} "
@@ -101,8 +130,6 @@ def init_from(model, optimizer, cfg: TrainingConfig) -> list[str]:
             f"training.init_from: no variable of parts {cfg.init_parts} found in {prefix}"
         )
     if "optimizer" in cfg.init_parts:
-        tf.train.Checkpoint(optimizer=VariableBag(optimizer.variables)).read(
-            prefix
-        ).expect_partial()
-    log.info("initialized %d variables from %s", len(copied), prefix)
+        optimizer_checkpoint = tf.train.Checkpoint(optimizer=VariableBag(optimizer.variables))
+        read_checkpoint(optimizer_checkpoint, prefix).expect_partial()
     return copied
