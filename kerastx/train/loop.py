@@ -7,10 +7,13 @@ command restores all of it, and the data stream continues at the first batch tha
 consumed, so every step runs exactly once.
 
 Order at a step boundary: log, evaluate (best checkpoint, early-stopping count), then
-save, so a checkpoint at an evaluation step already holds that evaluation's outcome. A
-SIGTERM during an evaluation abandons it, saves, and exits; the resumed run evaluates at
-that step first (`evaluated_step` records the last finished evaluation). A run that is
-complete (`train_steps` reached, or stopped early) does nothing when run again.
+save, so a checkpoint at an evaluation step already holds that evaluation's outcome.
+SIGTERM (exit 75, `Preempted`) and Ctrl-C (SIGINT, exit 130, `Interrupted`) stop the
+run at the end of the running call of steps with a checkpoint at that step; a second
+Ctrl-C ends the process at once. A signal during an evaluation abandons it, saves, and
+exits; the resumed run evaluates at that step first (`evaluated_step` records the last
+finished evaluation). A run that is complete (`train_steps` reached, or stopped early)
+does nothing when run again.
 """
 
 from __future__ import annotations
@@ -45,6 +48,12 @@ class Preempted(KerastxError):
     """SIGTERM arrived; a checkpoint was written. The CLI exits with code 75."""
 
     exit_code = 75
+
+
+class Interrupted(KerastxError):
+    """Ctrl-C (SIGINT) arrived; a checkpoint was written. The CLI exits with code 130."""
+
+    exit_code = 130
 
 
 class OutOfMemory(KerastxError):
@@ -152,29 +161,41 @@ class Trainer:
             self.state,
         )
         self.progress_enabled = progress and self.chief
-        self._sigterm = False
+        self._stop_signal = None  # SIGTERM or SIGINT once one arrived: save and stop
+        self._progress = None  # the progress line of the running session
         self.restored_from = None
         self._running = (0, 1, (0, 0))  # the step call in flight: (step, steps, position)
 
     def _build_model_and_optimizer(self):
-        """The model and its built optimizer; running out of memory is one line.
+        """The model and its built optimizer; a model too big for the machine is one line.
+
+        On a machine without GPUs or TPUs the variables live in its memory: a model
+        whose weights and optimizer state alone (the closed form of `kerastx.sizing`
+        with the built vocabularies) exceed it is refused before TensorFlow tries (its
+        allocator retries for seconds before it gives up, and an allocation the system
+        overcommits can end in the kernel's out-of-memory killer instead).
 
         Raises:
-            OutOfMemory: TensorFlow or numpy could not allocate a variable (a model too
-                big for this machine): the line names its size and what to change.
+            OutOfMemory: the model cannot fit, or TensorFlow or numpy could not allocate
+                a variable: the line names the model's size and what to change.
         """
         t = self.cfg.training
+        count = self._parameter_count()
+        have = sizing.machine_memory()
+        on_host = count is not None and have and _host_memory_holds_the_variables()
+        if on_host and sizing.state_bytes(count, t.optimizer) > have:
+            raise OutOfMemory(self._too_big(count, have, None))
         try:
             model = build_model(self.task, self.data, t.mixed_precision)
             optimizer = build_optimizer(t)
             optimizer.build(model.trainable_variables)
         except (tf.errors.ResourceExhaustedError, MemoryError) as err:
-            raise OutOfMemory(self._build_out_of_memory(err)) from None
+            raise OutOfMemory(self._too_big(count, have, err)) from None
         return model, optimizer
 
-    def _build_out_of_memory(self, err) -> str:
-        """The line of a model whose variables do not fit (see `kerastx.sizing`)."""
-        cfg, data = self.cfg, self.data
+    def _parameter_count(self) -> int | None:
+        """The model's parameters in closed form from the data's sizes (None: unknown)."""
+        data = self.data
         target = getattr(data, "target_tokenizer", None)
         labels = getattr(data, "labels", None)
         sizes = sizing.Sizes(
@@ -182,18 +203,27 @@ class Trainer:
             target.vocab_size if target is not None else None,
             len(labels) if labels is not None else None,
         )
-        count = type(self.task).parameter_count(cfg.model, sizes)
-        parts = ["out of memory while creating the model's variables"]
-        if count is not None:
-            parts.append(sizing.size_text(count, cfg.training.optimizer))
-        have = sizing.machine_memory()
-        if have:
-            parts.append(f"this machine has {sizing.format_bytes(have)}")
-        detail = memory.tensorflow_detail(getattr(err, "message", None) or str(err))
-        if detail:
-            parts.append(
-                f"{'TensorFlow' if isinstance(err, tf.errors.OpError) else 'numpy'}: {detail}"
-            )
+        return type(self.task).parameter_count(self.cfg.model, sizes)
+
+    def _too_big(self, count: int | None, have: int | None, err) -> str:
+        """The line of a model whose variables do not fit; `err`: the failed allocation."""
+        cfg = self.cfg
+        if err is None:
+            size = sizing.size_text(count, cfg.training.optimizer)
+            parts = [
+                f"the model does not fit this machine: {size}, more than its "
+                f"{sizing.format_bytes(have)} before any gradient or activation"
+            ]
+        else:
+            parts = ["out of memory while creating the model's variables"]
+            if count is not None:
+                parts.append(sizing.size_text(count, cfg.training.optimizer))
+            if have:
+                parts.append(f"this machine has {sizing.format_bytes(have)}")
+            detail = memory.tensorflow_detail(getattr(err, "message", None) or str(err))
+            if detail:
+                source = "TensorFlow" if isinstance(err, tf.errors.OpError) else "numpy"
+                parts.append(f"{source}: {detail}")
         parts.append(sizing.advice(cfg.model, sizing.layer_keys(self.task.model_keys)))
         return "; ".join(parts)
 
@@ -276,6 +306,7 @@ class Trainer:
 
         Raises:
             Preempted: SIGTERM arrived (a checkpoint at the current step was written).
+            Interrupted: Ctrl-C (SIGINT) arrived (the same).
             NonFiniteLoss: NaN/Inf loss under the `fail` policy or too many rollbacks.
             OutOfMemory: a step or the dev evaluation ran out of memory.
         """
@@ -297,7 +328,8 @@ class Trainer:
 
     @contextlib.contextmanager
     def _session(self):
-        """The writers, the SIGTERM handler and the profiler of one `run()`, closed after."""
+        """The writers, the SIGTERM and SIGINT handlers and the profiler of one `run()`,
+        closed after."""
         cfg = self.cfg
         run = _Session(
             journal=summaries.JsonlLog(cfg.run_dir, self.step, enabled=self.chief),
@@ -306,12 +338,17 @@ class Trainer:
             flops_fn=self.task.flops(self.model),
             rate=matmul_rate(),
         )
-        old_handler = signal.signal(signal.SIGTERM, self._on_sigterm) if _main_thread() else None
+        old_handlers = {}
+        if _main_thread():
+            old_handlers[signal.SIGTERM] = signal.signal(signal.SIGTERM, self._on_sigterm)
+            old_handlers[signal.SIGINT] = signal.signal(signal.SIGINT, self._on_sigint)
+        self._progress = run.progress
         try:
             yield run
         finally:
-            if old_handler is not None:
-                signal.signal(signal.SIGTERM, old_handler)
+            self._progress = None
+            for signum, handler in old_handlers.items():
+                signal.signal(signum, handler)
             if run.profiling:
                 run.board.trace_off()
             run.journal.close()
@@ -368,7 +405,11 @@ class Trainer:
         run.window = summaries.Window()
 
     def _step_boundary(self, run: _Session) -> None:
-        """Evaluates and saves when due; on SIGTERM saves and raises `Preempted`."""
+        """Evaluates and saves when due; on SIGTERM or SIGINT saves and stops.
+
+        Raises:
+            Preempted: SIGTERM arrived. Interrupted: Ctrl-C (SIGINT) arrived.
+        """
         t, step = self.cfg.training, self.step
         evaluate_now = self._eval_point(step)
         save = step % t.checkpoint_every == 0 or step == t.train_steps
@@ -376,18 +417,16 @@ class Trainer:
             run.last_eval = (
                 self._boundary(run.board, run.progress, evaluate_now, save) or run.last_eval
             )
-        if self._sigterm:
+        if self._stop_signal is not None:
             self._save_once()
-            raise Preempted(
-                f"preempted by SIGTERM; checkpoint saved at step {step}; "
-                f"re-run the same command to resume"
-            )
+            raise self._stopped(f"checkpoint saved at step {step}")
 
     def _boundary(self, board, progress, evaluate_now: bool, save: bool) -> dict:
         """Evaluates (if due), then saves; stops the loop if early stopping says so.
 
         Raises:
-            Preempted: SIGTERM during the evaluation (a checkpoint was saved first).
+            Preempted, Interrupted: SIGTERM or SIGINT during the evaluation (a
+                checkpoint was saved first).
             _Stop: early stopping.
         """
         results: dict = {}
@@ -397,10 +436,9 @@ class Trainer:
                 results = self._evaluate(board, progress)
             except evaluate.EvaluationInterrupted:
                 self._save_once()
-                raise Preempted(
-                    f"preempted by SIGTERM during the evaluation at step {self.step}; "
-                    f"checkpoint saved at step {self.step} (the evaluation runs again "
-                    f"on resume); re-run the same command to resume"
+                raise self._stopped(
+                    f"checkpoint saved at step {self.step} (the evaluation runs again on resume)",
+                    during=f" during the evaluation at step {self.step}",
                 ) from None
             except tf.errors.ResourceExhaustedError as err:
                 self._save_once()  # the evaluation runs again on resume, as after SIGTERM
@@ -506,7 +544,32 @@ class Trainer:
 
     def _on_sigterm(self, signum, frame):
         del signum, frame
-        self._sigterm = True
+        if self._stop_signal is None:
+            self._stop_signal = signal.SIGTERM
+
+    def _on_sigint(self, signum, frame):
+        """Ctrl-C: stop at the end of the running call with a checkpoint, as SIGTERM.
+
+        A second Ctrl-C takes the default action (the process ends at once, without
+        a checkpoint): the handler gives SIGINT back to the system.
+        """
+        del signum, frame
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        if self._stop_signal is None:
+            self._stop_signal = signal.SIGINT
+        if self._progress is not None:
+            self._progress.message(
+                "Ctrl-C: stopping after the running steps with a checkpoint "
+                "(Ctrl-C again quits at once, without one)"
+            )
+
+    def _stopped(self, saved: str, during: str = "") -> KerastxError:
+        """The error a stop signal ends the run with: `saved` says what was written."""
+        if self._stop_signal == signal.SIGINT:
+            return Interrupted(f"interrupted (Ctrl-C){during}; {saved}; re-run to resume")
+        return Preempted(
+            f"preempted by SIGTERM{during}; {saved}; re-run the same command to resume"
+        )
 
     def _take(self, first_step, stats, seconds, steps, timed, window, journal):
         """Logs the steps of one call and adds them to the window, up to a bad loss.
@@ -569,7 +632,9 @@ class Trainer:
         return self._iterator()
 
     def _evaluate(self, board, progress) -> dict:
-        results = evaluate.evaluate_during_training(self, board, should_stop=lambda: self._sigterm)
+        results = evaluate.evaluate_during_training(
+            self, board, should_stop=lambda: self._stop_signal is not None
+        )
         metric = self.cfg.evaluation.best_metric
         value = results.get(metric)
         better = False
@@ -585,7 +650,8 @@ class Trainer:
         if better:
             self.checkpoints.save(best=True)
         shown = {k: round(v, 4) for k, v in results.items() if isinstance(v, float)}
-        progress.message(f"step {self.step} eval: {shown}")
+        if shown:  # nothing to show without a dev set
+            progress.message(f"step {self.step} eval: {shown}")
         return results
 
     def _should_stop(self) -> bool:
@@ -595,6 +661,11 @@ class Trainer:
 
 def _next_multiple(step: int, every: int) -> int:
     return (step // every + 1) * every
+
+
+def _host_memory_holds_the_variables() -> bool:
+    """Whether training runs on the CPU (no GPU or TPU device): variables in host memory."""
+    return not (tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU"))
 
 
 def _main_thread() -> bool:

@@ -191,26 +191,50 @@ class Board:
 
 
 class Progress:
-    """A one-line progress bar with ETA on a terminal; plain lines otherwise."""
+    """A one-line progress bar with ETA on a terminal; plain lines otherwise.
 
-    def __init__(self, total: int, start: int, enabled: bool = True, stream=None):
+    The ETA leaves out compilation: the first call of a process traces (compiles) the
+    step functions, which can take longer than many minutes of steps, so the rate is
+    measured from the first update on (its time and step are the start) and no ETA is
+    shown before a second update gives one.
+
+    Args:
+        total: int. The last step (`training.train_steps`).
+        start: int. The step the session starts at (a resumed run's).
+        enabled: bool. Write anything at all.
+        stream: where to write (default: stderr).
+        clock: callable returning seconds (default: `time.monotonic`; tests pass a fake).
+    """
+
+    def __init__(self, total: int, start: int, enabled: bool = True, stream=None, clock=None):
         self.total = total
         self.start_step = start
         self.enabled = enabled
         self.stream = stream or sys.stderr
         self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
-        self.t0 = time.monotonic()
+        self.clock = clock or time.monotonic
+        self._since = None  # (seconds, step) of the first update: compilation is behind
+
+    def eta(self, step: int) -> float | None:
+        """Seconds left at `step` from the rate since the first update; None before."""
+        if self._since is None:
+            return None
+        seconds, first = self._since
+        if step <= first:
+            return None
+        return (self.clock() - seconds) / (step - first) * max(self.total - step, 0)
 
     def update(self, step: int, metrics: dict, force_line: bool = False) -> None:
         if not self.enabled:
             return
-        done = step - self.start_step
-        elapsed = time.monotonic() - self.t0
-        eta = elapsed / done * (self.total - step) if done > 0 else float("nan")
+        eta = self.eta(step)
+        if self._since is None:
+            self._since = (self.clock(), step)
         frac = step / max(self.total, 1)
         bar = "#" * int(24 * frac) + "-" * (24 - int(24 * frac))
         shown = "  ".join(f"{k} {_fmt(v)}" for k, v in metrics.items())
-        line = f"[{bar}] {step}/{self.total}  eta {_duration(eta)}  {shown}"
+        eta_text = f"  eta {_duration(eta)}" if eta is not None else ""
+        line = f"[{bar}] {step}/{self.total}{eta_text}  {shown}"
         if self.tty and not force_line:
             self.stream.write("\r" + line[:200].ljust(120))
         else:
