@@ -212,7 +212,8 @@ def advice(model, layer_keys: tuple[str, ...] = ()) -> str:
 
 
 def memory_warning(cfg, parameters: int, sizes: Sizes, layer_keys=(), have=None) -> str | None:
-    """The warning `validate` prints when weights + optimizer state exceed this machine.
+    """The warning `validate` logs when weights + optimizer state exceed this machine
+    (the command line prints it as `kerastx validate: warning: ...`).
 
     Args:
         cfg: the experiment.
@@ -230,7 +231,7 @@ def memory_warning(cfg, parameters: int, sizes: Sizes, layer_keys=(), have=None)
         return None
     assumed = f", counted with {sizes.assumed}" if sizes.assumed else ""
     return (
-        f"warning: {size_text(parameters, cfg.training.optimizer)}{assumed}: more than this "
+        f"{size_text(parameters, cfg.training.optimizer)}{assumed}: more than this "
         f"machine's {format_bytes(have)} before any gradient or activation, so training "
         f"will run out of memory; {advice(cfg.model, layer_keys)}"
     )

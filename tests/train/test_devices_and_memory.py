@@ -103,8 +103,8 @@ def test_validate_warns_when_weights_and_optimizer_exceed_the_machine(monkeypatc
     assert out.startswith("# kerastx: valid (")
     assert VALIDATE_COUNT == 12_000_008_284_000_008_128
     assert err.splitlines() == [
-        "warning: model of 12,000,008,284,000,008,128 parameters (124.9 EiB for the weights "
-        "and adam's state), counted with the configured sizes "
+        "kerastx validate: warning: model of 12,000,008,284,000,008,128 parameters "
+        "(124.9 EiB for the weights and adam's state), counted with the configured sizes "
         "(data.source_tokenizer.vocab_size=8000): more than this machine's 16.0 GiB before "
         "any gradient or activation, so training will run out of memory; make the model "
         "smaller (model.d_model=1000000000, model.ffn_dim=64, model.num_encoder_layers=1, "
