@@ -94,8 +94,8 @@ def checkpoint_candidates(
     """
     root = os.path.join(run_dir, CHECKPOINT_DIR)
     last = listed_checkpoints(root)
-    best = listed_checkpoints(os.path.join(root, BEST_DIR))
-    averaged = listed_checkpoints(os.path.join(root, AVERAGED_DIR))
+    best = _listed_or_none(os.path.join(root, BEST_DIR))
+    averaged = _listed_or_none(os.path.join(root, AVERAGED_DIR))
     setting = f"export.checkpoint={choice}"
     if choice == "best" and not best:
         raise KerastxError(
@@ -126,6 +126,16 @@ def checkpoint_candidates(
     if not candidates:
         raise KerastxError(f"{run_dir}: no checkpoint yet (train first: kerastx train ...)")
     return candidates
+
+
+def _listed_or_none(directory: str) -> list[str]:
+    """`listed_checkpoints`, or none (with a warning) where the state file is missing: a
+    best or averaged checkpoint whose write was interrupted."""
+    try:
+        return listed_checkpoints(directory)
+    except CheckpointError as err:
+        log.warning("%s; ignored", err)
+        return []
 
 
 def load_run(run_dir: str, overrides: list[str] | None = None) -> Run:

@@ -81,7 +81,8 @@ def is_run_dir(run_dir: str) -> bool:
 
 def _foreign_entries(run_dir: str) -> list[str]:
     """The entries of an existing directory that are not kerastx's own (sorted)."""
-    entries = sorted(set(os.listdir(run_dir)) - {LOCK_FILE})
+    # The lock file, and the config's temporary file of a first start killed mid-write.
+    entries = sorted(set(os.listdir(run_dir)) - {LOCK_FILE, CONFIG_FILE + ".tmp"})
     if entries == [VOCAB_DIR] and os.path.isfile(os.path.join(run_dir, VOCAB_DIR, "manifest.json")):
         return []  # `kerastx vocab` ran first
     return entries
