@@ -151,10 +151,10 @@ def load_run(run_dir: str, overrides: list[str] | None = None) -> Run:
             readable, or a model that differs from the checkpoint's (manifest).
     """
     cfg = load_config(run_dir, overrides)
+    candidates = checkpoint_candidates(run_dir, cfg.export.checkpoint, cfg.evaluation.best_metric)
     task = tasks.create(cfg)
     data = build_data(cfg)
     model = build_model(task, data, "none")
-    candidates = checkpoint_candidates(run_dir, cfg.export.checkpoint, cfg.evaluation.best_metric)
 
     def restore(path: str) -> None:
         _check_manifest(path, model)

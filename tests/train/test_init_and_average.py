@@ -163,7 +163,8 @@ def test_a_finished_run_is_a_no_op(source, caplog):
         name: os.path.getmtime(os.path.join(root, name))
         for root, _, files in os.walk(run_dir)
         for name in files
-        if name != "config.yaml"  # rewritten (same content) by every start
+        # config.yaml is rewritten (same content) by every start; .lock taken and released
+        if name not in ("config.yaml", ".lock")
     }
     with open(os.path.join(run_dir, "train_log.jsonl")) as f:
         log_before = f.read()
@@ -182,7 +183,7 @@ def test_a_finished_run_is_a_no_op(source, caplog):
         name: os.path.getmtime(os.path.join(root, name))
         for root, _, files in os.walk(run_dir)
         for name in files
-        if name != "config.yaml"
+        if name not in ("config.yaml", ".lock")
     }
     # No new event file, checkpoint, averaged checkpoint or log line; no evaluation.
     assert after == before
