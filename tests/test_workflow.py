@@ -100,6 +100,6 @@ def test_loading_a_run_whose_model_differs_names_the_first_variable(tmp_path_fac
     with open(path, "w") as f:
         json.dump(manifest, f)
     with pytest.raises(
-        ManifestMismatchError, match=r"ckpt-150: variable 3 is .* in the checkpoint"
+        ManifestMismatchError, match=r"best/best-150: variable 3 is .* in the checkpoint"
     ):
         runs.load_run(run_dir)
