@@ -130,19 +130,26 @@ def _apply_override(data: dict, locs: yamlio.Locations, text: str) -> None:
             value = None
     else:
         value, _ = yamlio.loads(raw, where)
-    node: Any = data
+    # Walk to the parent of the value: a list item must exist; a mapping on the way that
+    # is missing (or is a scalar) becomes an empty one, located at this --set.
+    node: Any = data  # a dict where the next part is a name, a list where it is an index
     for i, part in enumerate(path[:-1]):
-        nxt = path[i + 1]
+        here = path[: i + 1]
         if isinstance(part, int):
             if not isinstance(node, list) or part >= len(node):
-                raise ConfigError(f"{where}: {typed.dotted(path[: i + 1])} does not exist")
-            node = node[part]
-            continue
-        if isinstance(node, dict) and not isinstance(node.get(part), (dict, list)):
-            if isinstance(nxt, int):
-                raise ConfigError(f"{where}: {typed.dotted(path[: i + 1])} has no items")
-            node[part] = {}
-        node = node[part]
+                raise ConfigError(f"{where}: {typed.dotted(here)} does not exist")
+            child = node[part]
+        else:
+            child = node.get(part)
+        if isinstance(path[i + 1], int):
+            if not isinstance(child, list):
+                raise ConfigError(f"{where}: {typed.dotted(here)} has no items")
+        elif not isinstance(child, dict):
+            child = node[part] = {}
+            for p in [p for p in locs if p[: len(here)] == here]:
+                del locs[p]
+            locs[here] = (where, 0)
+        node = child
     last = path[-1]
     if isinstance(last, int) and (not isinstance(node, list) or last >= len(node)):
         raise ConfigError(f"{where}: {typed.dotted(path)} does not exist")

@@ -156,14 +156,12 @@ class Invalid:
             raise AttributeError(name)
         raise InvalidValueUsed(self.path)
 
-    def __repr__(self) -> str:
-        return f"<invalid {dotted(self.path)}>"
-
     __bool__ = __eq__ = __ne__ = __lt__ = __le__ = __gt__ = __ge__ = __hash__ = _used
     __len__ = __iter__ = __contains__ = __getitem__ = _used
     __add__ = __radd__ = __sub__ = __rsub__ = __mul__ = __rmul__ = _used
     __truediv__ = __rtruediv__ = __floordiv__ = __rfloordiv__ = __mod__ = __rmod__ = _used
-    __neg__ = __abs__ = __int__ = __float__ = __index__ = __str__ = __format__ = _used
+    __neg__ = __abs__ = __int__ = __float__ = __index__ = _used
+    __str__ = __repr__ = __format__ = _used  # a message never shows a failed value
 
 
 class _Collector:

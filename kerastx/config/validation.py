@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from kerastx import metrics, tasks
 from kerastx.config import typed
 from kerastx.config.errors import ConfigError
-from kerastx.config.sections import INIT_PARTS, CorpusConfig, ExperimentConfig
+from kerastx.config.sections import INIT_PARTS, CorpusConfig, ExperimentConfig, ModelConfig
 
 if TYPE_CHECKING:
     from kerastx.config.loader import Provenance
@@ -104,7 +104,7 @@ def _check_corpus(c: _Checker, corpus: CorpusConfig, path: tuple, task) -> None:
 def _check_model_keys(c: _Checker, cfg: ExperimentConfig, task) -> None:
     """`model:` keys set (away from their default) that the chosen family does not read."""
     m = cfg.model
-    for f in dataclasses.fields(type(m)):
+    for f in dataclasses.fields(ModelConfig):
         with c.rule():
             if f.name == "type" or f.name in task.model_keys:
                 continue
@@ -310,4 +310,4 @@ def validate(cfg: ExperimentConfig, prov: Provenance, errors: list[str] | None =
         with c.rule():
             check(c, cfg)
     if c.errors:
-        raise ConfigError(c.errors)
+        raise ConfigError(list(dict.fromkeys(c.errors)))  # a problem repeated is said once

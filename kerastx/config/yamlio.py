@@ -263,9 +263,20 @@ def loads(text: str, filename: str = "<string>") -> tuple[Any, Locations]:
         mark = err.problem_mark or err.context_mark
         line = f":{mark.line + 1}" if mark is not None else ""
         problem = err.problem or err.context or "invalid YAML"
+        if err.context and "duplicate anchor" in err.context and err.context_mark:
+            # PyYAML: context "found duplicate anchor 'x'; first occurrence".
+            anchor = err.context.split(";")[0].removeprefix("found duplicate anchor ")
+            problem = f"anchor {anchor} defined twice (first on line {err.context_mark.line + 1})"
         raise ConfigError(f"{filename}{line}: YAML syntax error: {problem}") from None
-    except yaml.YAMLError as err:  # pragma: no cover - reader errors without a mark
-        raise ConfigError(f"{filename}: YAML error: {err}") from None
+    except yaml.reader.ReaderError as err:  # a character YAML does not allow
+        line = text.count("\n", 0, err.position) + 1
+        raise ConfigError(
+            f"{filename}:{line}: YAML does not allow the character U+{err.character:04X} "
+            f"(a control character); remove it or write it as an escape in double quotes"
+        ) from None
+    except yaml.YAMLError as err:  # pragma: no cover - no other kind is known
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ConfigError(f"{filename}: YAML error: {first}") from None
     if len(nodes) > 1:
         line = nodes[1].start_mark.line + 1
         raise ConfigError(f"{filename}:{line}: expected one YAML document, found several")

@@ -342,6 +342,35 @@ CASES = [
         ],
     ),
     (
+        "override_into_a_list_item_that_is_not_a_mapping",
+        "data:\n  train: [abc]\n",
+        ["data.train[0].type=x"],
+        [
+            "--set data.train[0].type=x: data.train[0].type: must be one of: parallel, tsv, "
+            "tfrecord, text, labelled, synthetic, cmudict; got 'x'"
+        ],
+    ),
+    (
+        "override_creating_a_section_is_located_at_the_override",
+        DATA,
+        ["data.dev.type=parallel"],
+        [
+            "--set data.dev.type=parallel: data.dev.source: missing required key for corpus "
+            "type 'parallel'",
+            "--set data.dev.type=parallel: data.dev.target: missing required key for corpus "
+            "type 'parallel'",
+        ],
+    ),
+    (
+        "a_problem_repeated_in_a_list_is_reported_once",
+        DATA + "evaluation:\n  metrics: [blue, blue]\n",
+        [],
+        [
+            "bad.yaml:5: evaluation.metrics: unknown metric 'blue' (use: wer, per, bleu, chrf, "
+            "accuracy)"
+        ],
+    ),
+    (
         "range_error_and_cross_field_error_together",
         DATA + "model:\n  dropout: 1.5\n  d_model: 100\n  num_heads: 8\n",
         [],

@@ -159,7 +159,10 @@ def test_resolved_config_round_trips_and_resume_checks_fields(tmp_path, monkeypa
         ["training.train_steps=5", "distribution.strategy=mirrored"],
     )
     write_resolved(cfg2)
-    # ...a change of what is trained is refused, naming each field.
+    # ...a change of what is trained is refused once the run has a checkpoint, naming
+    # each field (without one, the changed config replaces the old: tests/train/test_run_dir.py).
+    (tmp_path / "runs" / "exp" / "checkpoints").mkdir()
+    (tmp_path / "runs" / "exp" / "checkpoints" / "checkpoint").write_text("")
     cfg3, _ = _load(
         tmp_path, DATA + "model: {d_model: 32, num_heads: 4}\n", ["training.learning_rate=0.5"]
     )
