@@ -13,7 +13,9 @@ from importlib import metadata
 
 __version__ = "0.1.0"
 
-# Quiet TensorFlow's C++ start-up chatter unless the user asked for it.
+# Quiet TensorFlow's C++ start-up chatter unless the user asked for it (the CLI quiets
+# more, and needs to know whether the level is the user's).
+TF_LOG_LEVEL_SET_BY_USER = "TF_CPP_MIN_LOG_LEVEL" in os.environ
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 SUPPORTED_TF = (2, 21)

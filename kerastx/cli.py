@@ -1,17 +1,27 @@
 """The `kerastx` command line: parses arguments and calls one library function per verb.
 
 No logic lives here. Exit codes: 0 success; 2 a problem with the user's input (bad
-config, bad data, unknown run), printed as one line per problem without a traceback;
-1 an internal error (a bug: the traceback is shown); 75 training was preempted by
-SIGTERM after saving a checkpoint (re-run the same command to resume).
+config, bad data, unknown run, a flag value out of range), printed as one line per
+problem without a traceback; 1 an internal error (a bug: the traceback is shown); 75
+training was preempted by SIGTERM after saving a checkpoint (re-run the same command to
+resume).
+
+Console: kerastx's warnings print as `kerastx VERB: warning: ...`. TensorFlow's C++
+start-up lines (oneDNN and CUDA probing on a CPU machine: `failed call to cuInit`, ...)
+are hidden unless `-v/--verbose` is given or `TF_CPP_MIN_LOG_LEVEL` was set by the user
+(see `_quiet_tensorflow`).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
+import re
 import sys
+import tempfile
 
+import kerastx
 from kerastx.errors import KerastxError
 
 EXIT_USER_ERROR = 2
@@ -31,26 +41,100 @@ class _StderrHandler(logging.StreamHandler):
         del value
 
 
-def configure_logging() -> None:
+class _Formatter(logging.Formatter):
+    """The message as is; kerastx's warnings as `kerastx VERB: warning: MESSAGE`."""
+
+    def __init__(self, verb: str | None = None):
+        super().__init__("%(message)s")
+        self.verb = verb
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        kerastx_logger = record.name == "kerastx" or record.name.startswith("kerastx.")
+        if self.verb and kerastx_logger and record.levelno >= logging.WARNING:
+            return f"kerastx {self.verb}: warning: {text}"
+        return text
+
+
+def configure_logging(verb: str | None = None, verbose: bool = False) -> None:
     """kerastx's messages at INFO on stderr, one line each, for the command line only.
 
     The handler goes on the root logger, as `logging.basicConfig` would put it: the
     `kerastx` logger keeps propagating (a notebook or an application configures logging
     its own way), and a library that calls `basicConfig` later (absl does, on its first
     message) finds a handler and adds none, so no message is printed twice.
+
+    Args:
+        verb: str or None. Named in warnings (`kerastx predict: warning: ...`).
+        verbose: bool. Keep absl's Python warnings (hidden otherwise).
     """
     root = logging.getLogger()
-    if not any(getattr(h, "kerastx_cli", False) for h in root.handlers):
+    handlers = [h for h in root.handlers if getattr(h, "kerastx_cli", False)]
+    if not handlers:
         handler = _StderrHandler()
-        handler.setFormatter(logging.Formatter("%(message)s"))
         handler.kerastx_cli = True
         root.addHandler(handler)
+        handlers = [handler]
+    for handler in handlers:
+        handler.setFormatter(_Formatter(verb))
     logging.getLogger("kerastx").setLevel(logging.INFO)
+    logging.getLogger("absl").setLevel(logging.NOTSET if verbose else logging.ERROR)
+
+
+# TensorFlow's native start-up lines: absl's notice, then `I`/`W` log lines
+# (`I0000 00:00:1796.. 123 port.cc:153] oneDNN custom operations are on...`), and the
+# continuation line of the CPU feature notice.
+_NATIVE_NOISE = re.compile(
+    rb"(WARNING: All log messages before absl::InitializeLog\(\) is called"
+    rb"|[IW]\d{4} [\d:.]+ +\d+ [\w.-]+:\d+\] "
+    rb"|To enable the following instructions: .* rebuild TensorFlow)"
+)
+
+
+def _quiet_tensorflow(verbose: bool) -> None:
+    """Before TensorFlow is imported: its C++ logging at FATAL only (the CUDA probing of a
+    CPU machine logs `failed call to cuInit` as an error), unless `verbose` or the user
+    set `TF_CPP_MIN_LOG_LEVEL` (the level `import kerastx` defaults to 2 is then raised
+    to 3). Must run before TensorFlow is imported to have an effect."""
+    if kerastx.TF_LOG_LEVEL_SET_BY_USER or "tensorflow" in sys.modules:
+        return
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0" if verbose else "3"
+
+
+def _import_tensorflow(verbose: bool) -> None:
+    """Imports TensorFlow with the native lines it prints on the way (absl writes them to
+    file descriptor 2 before its logging is set up, whatever `TF_CPP_MIN_LOG_LEVEL`
+    says) caught; every other line is printed afterwards. Verbose, or with the user's
+    own `TF_CPP_MIN_LOG_LEVEL`, or imported already: a plain import."""
+    if verbose or kerastx.TF_LOG_LEVEL_SET_BY_USER or "tensorflow" in sys.modules:
+        import tensorflow  # noqa: F401
+
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with tempfile.TemporaryFile() as caught:
+            os.dup2(caught.fileno(), 2)
+            try:
+                import tensorflow  # noqa: F401
+            finally:
+                sys.stderr.flush()
+                os.dup2(saved, 2)
+                caught.seek(0)
+                kept = [ln for ln in caught.read().splitlines(True) if not _NATIVE_NOISE.match(ln)]
+                if kept:
+                    os.write(2, b"".join(kept))
+    finally:
+        os.close(saved)
+
+
+_VERBOSE = False  # -v/--verbose of the running command (set by `main`)
 
 
 def _workflow():
     """`kerastx.workflow`, imported when a verb needs it (so `validate` and `schema`
     never import TensorFlow). A failing import is a bug: its traceback shows (exit 1)."""
+    _import_tensorflow(_VERBOSE)
     from kerastx import workflow
 
     return workflow
@@ -68,18 +152,62 @@ def _experiment_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+# The decoding flags of `predict`: `--beam-size` sets `decoding.beam_size`, and so on. The
+# values are checked by the config's own rules (`workflow.decoding_config`); a problem
+# comes back as an `OptionError` naming the key, which `main` names by its flag.
+DECODING_FLAGS = (
+    ("strategy", str, ("greedy", "beam", "sample")),
+    ("beam_size", int, None),
+    ("n_best", int, None),
+    ("length_penalty", float, None),
+    ("temperature", float, None),
+    ("top_k", int, None),
+    ("top_p", float, None),
+    ("seed", int, None),
+    ("max_length", int, None),
+    ("batch_size", int, None),
+    ("long_inputs", str, ("truncate", "error")),
+)
+CHECKPOINTS = ("auto", "best", "last", "averaged")
+
+
+def flag(key: str) -> str:
+    """The command-line flag of an option key: `beam_size` -> `--beam-size`."""
+    return "--" + key.replace("_", "-")
+
+
 def _decoding_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("decoding (defaults: the run's decoding: section)")
-    g.add_argument("--strategy", choices=("greedy", "beam", "sample"))
-    g.add_argument("--beam-size", type=int)
-    g.add_argument("--n-best", type=int)
-    g.add_argument("--length-penalty", type=float)
-    g.add_argument("--temperature", type=float)
-    g.add_argument("--top-k", type=int)
-    g.add_argument("--top-p", type=float)
-    g.add_argument("--seed", type=int)
-    g.add_argument("--max-length", type=int)
-    g.add_argument("--batch-size", type=int, help="examples decoded together")
+    for key, kind, choices in DECODING_FLAGS:
+        g.add_argument(flag(key), dest=key, type=kind, choices=choices, help=_doc("decoding", key))
+
+
+def _doc(section: str, key: str) -> str:
+    """The one-line doc of a config key (its `option(doc=...)`), for --help."""
+    from kerastx.config import ExperimentConfig, typed
+
+    field, _ = typed.lookup_field(ExperimentConfig, (section, key))
+    return field.metadata["doc"].replace("%", "%%")
+
+
+def _long_inputs_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--long-inputs", choices=("truncate", "error"), help=_doc("decoding", "long_inputs")
+    )
+
+
+def _checkpoint_arg(p: argparse.ArgumentParser, note: str = "") -> None:
+    p.add_argument("--checkpoint", choices=CHECKPOINTS, help=_doc("export", "checkpoint") + note)
+
+
+def _run_overrides(args) -> list[str]:
+    """`--checkpoint` and `--long-inputs` as the `--set` overrides they stand for."""
+    out = []
+    if getattr(args, "checkpoint", None):
+        out.append(f"export.checkpoint={args.checkpoint}")
+    if getattr(args, "long_inputs", None):
+        out.append(f"decoding.long_inputs={args.long_inputs}")
+    return out
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -116,6 +244,7 @@ def _cmd_train(args):
 
 
 def _cmd_vocab(args):
+    _import_tensorflow(_VERBOSE)
     from kerastx.data import run_vocab
 
     cfg, _ = _load(args)
@@ -123,6 +252,7 @@ def _cmd_vocab(args):
 
 
 def _cmd_data_stats(args):
+    _import_tensorflow(_VERBOSE)
     from kerastx.data import run_data_stats
 
     cfg, _ = _load(args)
@@ -130,24 +260,34 @@ def _cmd_data_stats(args):
 
 
 def _cmd_evaluate(args):
-    _workflow().evaluate(args.run, split=args.split, overrides=args.overrides)
+    _workflow().evaluate(
+        args.run, split=args.split, overrides=args.overrides + _run_overrides(args)
+    )
     return 0
 
 
 def _cmd_predict(args):
     return _workflow().predict_file(
-        args.run, input_path=args.input, output_path=args.output, decoding=_decoding_overrides(args)
+        args.run,
+        input_path=args.input,
+        output_path=args.output,
+        decoding=_decoding_overrides(args),
+        checkpoint=args.checkpoint,
     )
 
 
 def _cmd_score(args):
     return _workflow().score(
-        args.run, source=args.source, target=args.target, output_path=args.output
+        args.run,
+        source=args.source,
+        target=args.target,
+        output_path=args.output,
+        overrides=_run_overrides(args),
     )
 
 
 def _cmd_export(args):
-    _workflow().export(args.run, output_dir=args.output)
+    _workflow().export(args.run, output_dir=args.output, overrides=_run_overrides(args))
     return 0
 
 
@@ -158,24 +298,14 @@ def _cmd_launch(args):
 
 
 def _cmd_bench(args):
+    _import_tensorflow(_VERBOSE)
     from kerastx import bench
 
     return bench.run(quick=args.quick, output=args.output, only=args.only)
 
 
 def _decoding_overrides(args) -> dict:
-    keys = (
-        "strategy",
-        "beam_size",
-        "n_best",
-        "length_penalty",
-        "temperature",
-        "top_k",
-        "top_p",
-        "seed",
-        "max_length",
-        "batch_size",
-    )
+    keys = [key for key, _, _ in DECODING_FLAGS]
     return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
 
 
@@ -198,6 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = verbs.add_parser("evaluate", help="task metrics of a trained run on its test split")
     p.add_argument("run", help="run directory (runs/<name>)")
     p.add_argument("--split", default="test", choices=("dev", "test"))
+    _checkpoint_arg(p)
+    _long_inputs_arg(p)
     p.add_argument(
         "--set",
         dest="overrides",
@@ -212,6 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run directory or exported SavedModel directory")
     p.add_argument("--input", "-i", help="input file (default: stdin)")
     p.add_argument("--output", "-o", help="output file (default: stdout)")
+    _checkpoint_arg(p, " (run directories only)")
     _decoding_args(p)
     p.set_defaults(func=_cmd_predict)
 
@@ -220,11 +353,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", required=True, help="source file, one example per line")
     p.add_argument("--target", required=True, help="target file, line-aligned")
     p.add_argument("--output", "-o", help="output file (default: stdout)")
+    _checkpoint_arg(p)
+    _long_inputs_arg(p)
     p.set_defaults(func=_cmd_score)
 
     p = verbs.add_parser("export", help="write a text-in/text-out SavedModel")
     p.add_argument("run", help="run directory")
     p.add_argument("--output", help="export directory (default: <run>/export)")
+    _checkpoint_arg(p)
     p.set_defaults(func=_cmd_export)
 
     p = verbs.add_parser("validate", help="check an experiment and print it resolved")
@@ -257,18 +393,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default="bench/results.json", help="JSON file to write")
     p.add_argument("--only", action="append", default=[], help="run only these sections")
     p.set_defaults(func=_cmd_bench)
+    for p in verbs.choices.values():
+        p.add_argument(
+            "-v",
+            "--verbose",
+            action="store_true",
+            help="show TensorFlow's native log lines (hidden by default)",
+        )
     return parser
+
+
+def _error_lines(err: KerastxError) -> list[str]:
+    """The lines of a user error; an option error names each option by its flag."""
+    options = getattr(err, "options", None)  # workflow.OptionError
+    if options:
+        return [f"{flag(key)}: {problem}" if key else problem for key, problem in options]
+    return str(err).splitlines() or [type(err).__name__]
 
 
 def main(argv: list[str] | None = None) -> int:
     """Runs the CLI; returns the process exit code."""
+    global _VERBOSE
     parser = build_parser()
     args = parser.parse_args(argv)
-    configure_logging()
+    _VERBOSE = bool(args.verbose)
+    _quiet_tensorflow(_VERBOSE)
+    configure_logging(args.verb, _VERBOSE)
     try:
         code = args.func(args)
     except KerastxError as err:
-        for line in str(err).splitlines() or [type(err).__name__]:
+        for line in _error_lines(err):
             print(f"kerastx {args.verb}: error: {line}", file=sys.stderr)
         return getattr(err, "exit_code", EXIT_USER_ERROR)
     except KeyboardInterrupt:

@@ -10,19 +10,29 @@ the label).
 
 With `n_best > 1` (beam search) every input gives `n_best` lines
 `INDEX ||| OUTPUT ||| SCORE` (INDEX = 0-based input line, SCORE = the ranking score).
+
+Input is UTF-8 text, from a file or stdin alike (`read_lines`). An input longer than the
+model takes (`data.max_source_length`; the task's `input_tokens_kept`) is cut to it and
+counted, one warning line for all (`long_lines`, `check_long_inputs`), or refused under
+`decoding.long_inputs: error`; the number of output lines never changes.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import sys
 
 import numpy as np
 import tensorflow as tf
 
 from kerastx import inference
+from kerastx.data.textio import split_lines
 from kerastx.errors import KerastxError
 from kerastx.special_ids import BOS_ID, EOS_ID
+
+log = logging.getLogger("kerastx")
+SHOWN_LINES = 5  # line numbers a long-input message lists
 
 
 @dataclasses.dataclass
@@ -42,15 +52,37 @@ class Decoded:
 
 
 def read_lines(path: str | None) -> list[str]:
+    """The lines of a UTF-8 file, or of stdin (`path` None), read the same way.
+
+    Lines end at `\n` only (a trailing `\r` and a byte order mark are removed, as for
+    data files), so there is one output per line a text editor shows.
+
+    Raises:
+        KerastxError: the file is missing or a directory, or the text is not UTF-8
+            (naming the line and column).
+    """
+    name = "<stdin>" if path is None else path
     if path is None:
-        return [line.rstrip("\n") for line in sys.stdin]
+        stream = getattr(sys.stdin, "buffer", None)
+        data = stream.read() if stream is not None else sys.stdin.read().encode("utf-8")
+    else:
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            raise KerastxError(f"{path}: file not found") from None
+        except IsADirectoryError:
+            raise KerastxError(f"{path}: is a directory, expected a file") from None
     try:
-        with open(path, encoding="utf-8") as f:
-            return [line.rstrip("\n") for line in f]
-    except FileNotFoundError:
-        raise KerastxError(f"{path}: file not found") from None
+        text = data.decode("utf-8")
     except UnicodeDecodeError as err:
-        raise KerastxError(f"{path}: not valid UTF-8 (byte {err.start})") from None
+        line = data.count(b"\n", 0, err.start) + 1
+        column = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
+        raise KerastxError(
+            f"{name}:{line}: not valid UTF-8 (byte 0x{data[err.start]:02x} at column "
+            f"{column}); give UTF-8 text"
+        ) from None
+    return split_lines(text)
 
 
 def write_lines(path: str | None, lines: list[str]) -> None:
@@ -61,6 +93,66 @@ def write_lines(path: str | None, lines: list[str]) -> None:
         return
     with open(path, "w", encoding="utf-8") as f:
         f.write(text)
+
+
+def long_lines(tokenize, lines: list[str], kept: int, batch_size: int = 1024) -> list[int]:
+    """Indices of the lines with more than `kept` tokens (the ones an encoding cuts).
+
+    Args:
+        tokenize: `(B,)` strings -> ragged ids: a run's source tokenizer's `tokenize`, or
+            an exported model's `source_tokenizer.tokenize` (the same function, saved).
+        lines: list of str.
+        kept: int. Tokens an input keeps (`Task.input_tokens_kept`).
+        batch_size: int. Lines tokenized together.
+    """
+    out = []
+    for start in range(0, len(lines), batch_size):
+        ids = tokenize(tf.constant(lines[start : start + batch_size], tf.string))
+        lengths = ids.row_lengths().numpy()
+        out.extend(start + int(i) for i in np.flatnonzero(lengths > kept))
+    return out
+
+
+def _line_numbers(indices: list[int]) -> str:
+    shown = ", ".join(str(i + 1) for i in indices[:SHOWN_LINES])
+    more = ", ..." if len(indices) > SHOWN_LINES else ""
+    return f"line{'s' if len(indices) > 1 else ''} {shown}{more}"
+
+
+def check_long_inputs(
+    long: list[int], total: int, limit: int, policy: str, name: str | None, what: str = "inputs"
+) -> None:
+    """Reports the inputs that are cut: one warning line, or an error under `error`.
+
+    Args:
+        long: list of int. 0-based indices of the long lines (`long_lines`).
+        total: int. Number of lines.
+        limit: int. `data.max_source_length`.
+        policy: str. `decoding.long_inputs`: "truncate" or "error".
+        name: str or None. The file the lines come from (None: a Python list).
+        what: str. What the lines are, in the message ("inputs", "sources").
+
+    Raises:
+        KerastxError: `policy` is "error" and a line is too long.
+    """
+    if not long:
+        return
+    lines = _line_numbers(long)
+    if policy == "error":
+        at = f"{name}:{long[0] + 1}" if name else f"input line {long[0] + 1}"
+        raise KerastxError(
+            f"{at}: longer than data.max_source_length={limit} tokens "
+            f"(decoding.long_inputs: error; {len(long)} of {total} {what}: {lines}); "
+            f"shorten them, or let them be cut with --long-inputs truncate"
+        )
+    log.warning(
+        "%d of %d %s were longer than data.max_source_length=%d tokens and were cut to it (%s)",
+        len(long),
+        total,
+        what,
+        limit,
+        lines,
+    )
 
 
 def length_sorted_batches(lines: list[str], batch_size: int):
@@ -188,11 +280,11 @@ def seq2seq_score_inputs(task, data, sources: list[str], targets: list[str]):
 
 def lm_score_inputs(task, data, sources: list[str], targets: list[str]):
     """Scored pairs of an LM: BOS + prompt + target -> prompt + target + EOS; only
-    target + EOS scored (an empty source scores the target alone)."""
-    del task
+    target + EOS scored (an empty source scores the target alone). The prompt is cut as
+    `predict` cuts it (its first `task.input_tokens_kept()` tokens)."""
     pieces = _target_pieces(data.target_tokenizer, targets)
     bos, eos = _specials(len(targets))
-    prompt = _target_pieces(data.source_tokenizer, sources)
+    prompt = _target_pieces(data.source_tokenizer, sources)[:, : task.input_tokens_kept()]
     inputs = {"token_ids": tf.concat([bos, prompt, pieces], axis=1).to_tensor()}
     target_out = tf.concat([prompt, pieces, eos], axis=1)
     scored = tf.concat(

@@ -22,15 +22,28 @@ list of `KEY=VALUE` strings.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
+import re
 import tempfile
 
 from kerastx import evaluate as evaluate_lib
 from kerastx import export as export_lib
 from kerastx import inference, predict, runs, tasks
-from kerastx.config import ExperimentConfig, load_experiment, yamlio
+from kerastx.config import (
+    CONFIG_FILE,
+    ConfigError,
+    DecodingConfig,
+    ExperimentConfig,
+    Provenance,
+    load_experiment,
+    typed,
+    validation,
+    yamlio,
+)
+from kerastx.config.sections import STRATEGY_OPTIONS
 from kerastx.data import build_data
 from kerastx.errors import KerastxError
 from kerastx.train.checkpoints import average_checkpoints
@@ -142,6 +155,16 @@ def show_exported_examples(cfg: ExperimentConfig, count: int = 5) -> list[str]:
 def evaluate(run_dir: str, split: str = "test", overrides: list[str] | None = None) -> dict:
     """`kerastx evaluate RUN_DIR`: metrics on a split, printed and written as JSON.
 
+    Examples longer than `data.max_source_length` / `max_target_length` are cut for the
+    model (the metrics use the whole references): counted in the results (`truncated`)
+    and in one warning line, or refused under `decoding.long_inputs: error`.
+
+    Args:
+        run_dir: str. The run directory.
+        split: str. "dev" or "test".
+        overrides: list of str. `--set` overrides of resume-safe keys (decoding,
+            `export.checkpoint`, ...).
+
     Returns:
         The results written to `RUN_DIR/eval_<split>.json`.
     """
@@ -149,6 +172,7 @@ def evaluate(run_dir: str, split: str = "test", overrides: list[str] | None = No
     cfg = loaded.cfg
     if getattr(cfg.data, split) is None:
         raise KerastxError(f"{run_dir}: the experiment has no data.{split} corpus")
+    truncated = _check_long_examples(cfg, loaded.data, split)
     settings = inference.settings_from_config(cfg.decoding)
     results = evaluate_lib.evaluate_model(
         loaded.task,
@@ -160,6 +184,7 @@ def evaluate(run_dir: str, split: str = "test", overrides: list[str] | None = No
     )
     results["checkpoint"] = loaded.checkpoint
     results["split"] = split
+    results["truncated"] = truncated
     results["decoding"] = settings
     path = os.path.join(run_dir, f"eval_{split}.json")
     with open(path, "w", encoding="utf-8") as f:
@@ -175,10 +200,39 @@ def evaluate(run_dir: str, split: str = "test", overrides: list[str] | None = No
     return results
 
 
-def export(run_dir: str, output_dir: str | None = None) -> str:
+def _check_long_examples(cfg: ExperimentConfig, data, split: str) -> int:
+    """The number of examples of `split` cut to the length limits: one warning line, or an
+    error under `decoding.long_inputs: error`."""
+    counts = data.split_counts(split)
+    cut, total = counts.get("truncated", 0), counts.get("examples", 0)
+    if not cut:
+        return 0
+    limits = (
+        f"data.max_source_length={cfg.data.max_source_length} or "
+        f"data.max_target_length={cfg.data.max_target_length} tokens"
+    )
+    if cfg.decoding.long_inputs == "error":
+        raise KerastxError(
+            f"data.{split}: {cut} of {total} examples are longer than {limits} "
+            f"(decoding.long_inputs: error); shorten them, or let them be cut with "
+            f"--long-inputs truncate"
+        )
+    log.warning(
+        "%d of %d %s examples were longer than %s and were cut to them for the model "
+        "(the metrics use the whole references)",
+        cut,
+        total,
+        split,
+        limits,
+    )
+    return cut
+
+
+def export(run_dir: str, output_dir: str | None = None, overrides: list[str] | None = None) -> str:
     """`kerastx export RUN_DIR`: writes RUN_DIR/export (or `output_dir`) after the
-    parity check passed; returns the directory."""
-    loaded = runs.load_run(run_dir)
+    parity check passed; returns the directory. `overrides`: resume-safe `--set` keys
+    (`export.checkpoint=best`: the weights exported)."""
+    loaded = runs.load_run(run_dir, overrides)
     output_dir = output_dir or os.path.join(run_dir, export_lib.EXPORT_DIR)
     return export_lib.export_run(
         loaded.task, loaded.model, loaded.data, loaded.checkpoint, output_dir
@@ -188,42 +242,180 @@ def export(run_dir: str, output_dir: str | None = None) -> str:
 # -- predict, score --------------------------------------------------------------------------
 
 
-def predict_lines(path: str, lines: list[str], decoding: dict | None = None) -> list[str]:
+class OptionError(KerastxError):
+    """Option values a verb refuses (CLI flags, Python keywords), one line per problem.
+
+    Attributes:
+        options: list of `(key, problem)`: the option (`beam_size`; the command line
+            names it by its flag, `--beam-size`) or None, and what is wrong.
+    """
+
+    def __init__(self, options: list[tuple[str | None, str]]):
+        self.options = list(options)
+        super().__init__("\n".join(f"{k}: {p}" if k else p for k, p in self.options))
+
+
+# A validator line about a located key: "<key>: decoding.<path key>: <problem>".
+_LOCATED = re.compile(r"(\w+): decoding\.(\w+): (.*)")
+
+
+def decoding_config(
+    cfg: ExperimentConfig, overrides: dict | None, where: str, config_path: str | None = None
+) -> DecodingConfig:
+    """The `decoding:` section of `cfg` with `overrides` applied, checked by the config's
+    own rules: each value by its field's type and bounds (`typed`), the chosen strategy
+    reads it (`STRATEGY_OPTIONS`), and the cross-field rules (`validation`).
+
+    Args:
+        cfg: the run's (or the export's) resolved experiment.
+        overrides: dict of decoding key -> value (CLI flags, Python keywords).
+        where: str. The run or export directory (named in messages).
+        config_path: str or None. The config file `cfg` was read from: the cross-field
+            messages say where the other keys were set.
+
+    Raises:
+        OptionError: every problem, each naming its option.
+    """
+    overrides = dict(overrides or {})
+    known = [f.name for f in dataclasses.fields(DecodingConfig)]
+    problems: list[tuple[str | None, str]] = []
+    values = {}
+    for key, value in overrides.items():
+        if key not in known:
+            problems.append((key, f"not a decoding option (use: {', '.join(known)})"))
+            continue
+        try:
+            values[key] = getattr(typed.from_data(DecodingConfig, {key: value}, {}), key)
+        except ConfigError as err:
+            problems += [(key, line.removeprefix(f"{key}: ")) for line in err.messages]
+    if problems:
+        raise OptionError(problems)
+    dec = dataclasses.replace(cfg.decoding, **values)
+    chosen = "the chosen strategy" if "strategy" in values else f"decoding.strategy of {where}"
+    for key in values:
+        readers = [name for name, keys in STRATEGY_OPTIONS.items() if key in keys]
+        if readers and dec.strategy not in readers:
+            problems.append(
+                (
+                    key,
+                    f"not read by strategy '{dec.strategy}' ({chosen}); only by "
+                    f"{' and '.join(readers)}: choose that strategy or leave the option out",
+                )
+            )
+    if problems:
+        raise OptionError(problems)
+    # Locations: the config file's, but the decoding keys given here are named by their
+    # key (mapped back below) and the file's other decoding keys are not named, so that
+    # a broken rule is reported at an option given here.
+    locations = {}
+    if values and config_path:
+        _, file_prov = load_experiment([config_path])
+        locations = {p: v for p, v in file_prov.locations.items() if p[:1] != ("decoding",)}
+    prov = Provenance(locations={**locations, **{("decoding", k): (k, 0) for k in values}})
+    try:
+        validation.validate(dataclasses.replace(cfg, decoding=dec), prov)
+    except ConfigError as err:
+        for line in err.messages:
+            m = _LOCATED.fullmatch(line)
+            if m and m[1] in values:
+                about = "" if m[1] == m[2] else f"decoding.{m[2]} "
+                problems.append((m[1], about + m[3]))
+            else:
+                problems.append((None, line))
+        raise OptionError(problems) from None
+    return dec
+
+
+def _exported(path: str) -> bool:
+    return os.path.exists(os.path.join(path, "saved_model.pb"))
+
+
+def predict_lines(
+    path: str,
+    lines: list[str],
+    decoding: dict | None = None,
+    checkpoint: str | None = None,
+    source: str | None = None,
+) -> list[str]:
     """Decodes `lines` with a run directory or an exported SavedModel; input order kept.
+
+    Inputs longer than the model takes are cut and counted (one warning line), or
+    refused with `long_inputs="error"`; see `kerastx.predict`.
 
     Args:
         path: str. A run directory or an export directory.
         lines: list of str.
-        decoding: dict. Overrides of the `decoding:` settings (CLI flags), `batch_size`,
-            and `jit_compile` (run directories: decode with XLA, see
-            `inference.Decoder`; default: `decoding.jit_compile` of the config).
+        decoding: dict. Overrides of the `decoding:` settings (CLI flags; keys of
+            `DecodingConfig`: `strategy`, `beam_size`, ..., `batch_size`, `long_inputs`,
+            `jit_compile` (run directories: decode with XLA, see `inference.Decoder`)),
+            each checked as the config would check it (`decoding_config`).
+        checkpoint: str or None. Run directories: `export.checkpoint` (auto, best,
+            last, averaged), the weights decoded with; default: the run's setting.
+        source: str or None. The file the lines come from (named in messages).
 
     Returns:
         The output lines (see `kerastx.predict`).
+
+    Raises:
+        OptionError: a decoding option the config's rules refuse, or one the chosen
+            strategy does not read.
     """
-    decoding = dict(decoding or {})
-    batch_size = decoding.pop("batch_size", None)
-    jit_compile = decoding.pop("jit_compile", None)
-    exported = os.path.exists(os.path.join(path, "saved_model.pb"))
+    exported = _exported(path)
     if exported:
+        if checkpoint is not None:
+            raise OptionError(
+                [
+                    (
+                        "checkpoint",
+                        f"{path} is an export, which holds one set of weights; "
+                        "give the run directory to choose a checkpoint",
+                    )
+                ]
+            )
         import tensorflow as tf
         import tensorflow_text  # noqa: F401 - registers the tokenizer ops
 
         cfg, _ = load_experiment([os.path.join(path, "assets", "config.yaml")])
         task = tasks.create(cfg)
+        dec = decoding_config(cfg, decoding, path, os.path.join(path, "assets", "config.yaml"))
+        _check_export_request(cfg, decoding or {}, dec, path)
+        loaded = tf.saved_model.load(path)
+        tokenize = loaded.source_tokenizer.tokenize
     else:
-        run = runs.load_run(path)
+        overrides = [] if checkpoint is None else [f"export.checkpoint={checkpoint}"]
+        cfg = runs.load_config(path, overrides)
+        # Checked before the model is loaded.
+        dec = decoding_config(cfg, decoding, path, os.path.join(path, CONFIG_FILE))
+        run = runs.load_run(path, overrides)
         cfg, task = run.cfg, run.task
+        tokenize = run.data.source_tokenizer.tokenize
     if cfg.model.num_conditions or cfg.model.condition_dim:
         raise KerastxError("predict: models with a condition are not supported yet")
-    settings = inference.settings_from_config(cfg.decoding, **decoding)
-    batch_size = batch_size or cfg.decoding.batch_size
+    settings = inference.settings_from_config(dec)
+    long = predict.long_lines(tokenize, lines, task.input_tokens_kept())
+    predict.check_long_inputs(long, len(lines), cfg.data.max_source_length, dec.long_inputs, source)
     if exported:
-        decoded = task.predict_exported(tf.saved_model.load(path), lines, settings, batch_size)
+        decoded = task.predict_exported(loaded, lines, settings, dec.batch_size)
     else:
-        jit = cfg.decoding.jit_compile if jit_compile is None else bool(jit_compile)
-        decoded = task.predict(run.model, run.data, lines, settings, batch_size, jit)
+        decoded = task.predict(
+            run.model, run.data, lines, settings, dec.batch_size, dec.jit_compile
+        )
     return predict.format_outputs(decoded, task.outputs_per_input(settings))
+
+
+def _check_export_request(cfg: ExperimentConfig, decoding: dict, dec, path: str) -> None:
+    """What an exported model cannot do that its config allows: decode longer than the
+    cache it was exported with (`decoding.max_length` of the export)."""
+    if "max_length" in decoding and dec.max_length > cfg.decoding.max_length:
+        raise OptionError(
+            [
+                (
+                    "max_length",
+                    f"must be <= {cfg.decoding.max_length} for {path} (its "
+                    f"decoding.max_length, the size of its cache); got {dec.max_length}",
+                )
+            ]
+        )
 
 
 def predict_file(
@@ -231,27 +423,49 @@ def predict_file(
     input_path: str | None = None,
     output_path: str | None = None,
     decoding: dict | None = None,
+    checkpoint: str | None = None,
 ) -> int:
-    """`kerastx predict PATH`: decodes a file (or stdin) line by line."""
+    """`kerastx predict PATH`: decodes a file (or stdin: the same UTF-8 rules) line by
+    line; one output line per input line (n-best: `n_best` lines)."""
     if not os.path.isdir(path):
         raise KerastxError(f"{path}: no such run or export directory")
     lines = predict.read_lines(input_path)
-    predict.write_lines(output_path, predict_lines(path, lines, decoding))
+    name = input_path or "<stdin>"
+    predict.write_lines(output_path, predict_lines(path, lines, decoding, checkpoint, name))
     return 0
 
 
-def score(path: str, source: str, target: str, output_path: str | None = None) -> int:
+def score(
+    path: str,
+    source: str,
+    target: str,
+    output_path: str | None = None,
+    overrides: list[str] | None = None,
+) -> int:
     """`kerastx score RUN_DIR`: log-probability of each target given its source.
 
     seq2seq: `log p(target | source)`; decoder_lm: `log p(target | source)` with the
     source line as the prompt (an empty source line scores the target alone). Writes one
     line per pair: the summed log-probability (natural log, EOS included) and the number
-    of scored target tokens, tab-separated.
+    of scored target tokens, tab-separated. Sources longer than the model takes are cut
+    as `predict` cuts them (counted: one warning line; refused under
+    `decoding.long_inputs: error`).
+
+    Args:
+        overrides: list of str. Resume-safe `--set` keys (`export.checkpoint=best`,
+            `decoding.long_inputs=error`).
     """
     sources, targets = predict.read_lines(source), predict.read_lines(target)
     if len(sources) != len(targets):
         raise KerastxError(f"{source} has {len(sources)} lines but {target} has {len(targets)}")
-    run = runs.load_run(path)
+    run = runs.load_run(path, overrides)
+    cfg = run.cfg
+    long = predict.long_lines(
+        run.data.source_tokenizer.tokenize, sources, run.task.input_tokens_kept()
+    )
+    predict.check_long_inputs(
+        long, len(sources), cfg.data.max_source_length, cfg.decoding.long_inputs, source, "sources"
+    )
     predict.write_lines(output_path, run.task.score(run.model, run.data, sources, targets))
     return 0
 
@@ -311,15 +525,20 @@ class Experiment:
         """Trains (resumes), averages, evaluates and exports as configured; see `train`."""
         return train(self.cfg)
 
-    def evaluate(self, split: str = "test", **decoding) -> dict:
-        """Metrics of the trained run on a split (decoding settings as keywords)."""
+    def evaluate(self, split: str = "test", checkpoint: str | None = None, **decoding) -> dict:
+        """Metrics of the trained run on a split (decoding settings as keywords;
+        `checkpoint`: `export.checkpoint`, the weights evaluated)."""
         sets = [f"decoding.{k}={_value_text(v)}" for k, v in decoding.items()]
+        if checkpoint is not None:
+            sets.append(f"export.checkpoint={checkpoint}")
         return evaluate(self.run_dir, split, sets)
 
-    def export(self, output_dir: str | None = None) -> str:
+    def export(self, output_dir: str | None = None, checkpoint: str | None = None) -> str:
         """Writes the SavedModel (parity-checked); returns its directory."""
-        return export(self.run_dir, output_dir)
+        sets = [] if checkpoint is None else [f"export.checkpoint={checkpoint}"]
+        return export(self.run_dir, output_dir, sets)
 
-    def predict(self, texts: list[str], **decoding) -> list[str]:
-        """Outputs of raw texts with the trained run (decoding overrides as keywords)."""
-        return predict_lines(self.run_dir, list(texts), decoding)
+    def predict(self, texts: list[str], checkpoint: str | None = None, **decoding) -> list[str]:
+        """Outputs of raw texts with the trained run (decoding overrides as keywords,
+        checked as `kerastx predict` checks its flags)."""
+        return predict_lines(self.run_dir, list(texts), decoding, checkpoint)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -248,3 +249,38 @@ def test_classifier_export_returns_labels_and_probabilities(classifier_run):
     labels = [t.decode() for t in out["label"].numpy()]
     assert workflow.predict_lines(classifier_run, texts) == labels
     assert workflow.predict_lines(export_dir, texts) == labels
+
+
+def test_the_export_verb_fails_and_keeps_the_previous_export_when_parity_fails(
+    exported, tmp_path, monkeypatch, capsys
+):
+    """`kerastx export` runs the parity check: a framework decoding that differs from the
+    SavedModel's (here: one hypothesis changed) fails the verb, exit 2, one line."""
+    from kerastx import cli, evaluate
+
+    run_dir = str(tmp_path / "run")
+    shutil.copytree(exported, run_dir)
+    export_dir = os.path.join(run_dir, "export")
+    before = os.path.getmtime(os.path.join(export_dir, "saved_model.pb"))
+    decode_split = evaluate.decode_split
+
+    def differing(*args, **kwargs):
+        hyps, sources = decode_split(*args, **kwargs)
+        return [hyps[0] + " x", *hyps[1:]], sources
+
+    monkeypatch.setattr(evaluate, "decode_split", differing)
+    capsys.readouterr()
+    assert cli.main(["export", run_dir]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("kerastx")]
+    assert len(err) == 1
+    assert re.fullmatch(
+        r"kerastx export: error: export parity check failed on 1 of 50 examples: "
+        r"'[a-t ]+': framework '[a-t ]* x' != export '[a-t ]*'",
+        err[0],
+    ), err
+    # The previous export stays; the temporary one is gone.
+    assert os.path.getmtime(os.path.join(export_dir, "saved_model.pb")) == before
+    assert not os.path.exists(export_dir + ".tmp")
+    other = str(tmp_path / "elsewhere")
+    assert cli.main(["export", run_dir, "--output", other]) == 2
+    assert not os.path.exists(other) and not os.path.exists(other + ".tmp")

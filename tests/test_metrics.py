@@ -22,6 +22,16 @@ def test_wer_per_counts_a_word_correct_if_any_reference_matches():
     assert out["per"] == pytest.approx(100 / 13)
 
 
+def test_a_word_matching_a_later_reference_is_correct():
+    # Each hypothesis equals a reference other than the first: no word error, no edit.
+    hyps = ["T AH M AA T OW", "D AA G", "R IY D"]
+    refs = [["T AH M EY T OW", "T AH M AA T OW"], ["D AO G", "D AA G"], ["R EH D", "X", "R IY D"]]
+    out = metrics.wer_per(hyps, refs)
+    assert (out["words"], out["word_errors"], out["wer"]) == (3, 0, 0.0)
+    assert (out["phoneme_edits"], out["phonemes"], out["per"]) == (0, 6 + 3 + 3, 0.0)
+    assert metrics.accuracy(hyps, refs)["accuracy"] == 100.0
+
+
 def test_per_uses_the_closest_reference():
     out = metrics.wer_per(["A B C"], [["X Y Z W V", "A B D"]])
     assert (out["phoneme_edits"], out["phonemes"]) == (1, 3)

@@ -535,6 +535,15 @@ class DecodingConfig:
     )
 
 
+# The decoding options only one strategy reads (the others apply to every strategy):
+# `kerastx predict` refuses such a flag when the chosen strategy does not read it.
+STRATEGY_OPTIONS = {
+    "greedy": (),
+    "beam": ("beam_size", "n_best", "length_penalty"),
+    "sample": ("temperature", "top_k", "top_p", "seed"),
+}
+
+
 @dataclass(kw_only=True)
 class ExportConfig:
     """The text-in/text-out SavedModel."""

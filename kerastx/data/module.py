@@ -274,6 +274,10 @@ class DataModule:
                 known.append(ref)
         return out
 
+    def split_counts(self, split: str) -> dict:
+        """The counts of one evaluation split (examples, truncated, ...; see `report`)."""
+        return dict(self._eval_split(split)[1].counts)
+
     def report(self) -> dict:
         """Counts per split and corpus: examples, kept, dropped, truncated, replaced, ..."""
         out = {"train": _summed([(c.name, c.counts) for c in self.train_corpora()])}

@@ -221,12 +221,11 @@ class MultiHeadAttention(keras.layers.MultiHeadAttention):
             probabilities = ops.where(mask, probabilities, 0.0)
         else:
             probabilities = ops.softmax(scores, axis=-1)
-        probabilities = ops.cast(probabilities, value.dtype)
-        dropped = probabilities
+        dropped = ops.cast(probabilities, value.dtype)
         if self._dropout > 0.0:
-            dropped = self._dropout_layer(probabilities, training=training)
+            dropped = self._dropout_layer(dropped, training=training)
         outputs = ops.einsum(self._combine_equation, dropped, value)  # (B, T, N, H)
-        return outputs, probabilities
+        return outputs, probabilities  # the scores returned stay float32
 
     def compute_output_spec(
         self,
@@ -253,8 +252,7 @@ class MultiHeadAttention(keras.layers.MultiHeadAttention):
         if return_attention_scores:
             length = value.shape[1] if value is not None else None
             scores = keras.KerasTensor(
-                (query.shape[0], self._num_heads, query.shape[1], length),
-                dtype=self.compute_dtype,
+                (query.shape[0], self._num_heads, query.shape[1], length), dtype="float32"
             )
             return outputs, scores
         return outputs

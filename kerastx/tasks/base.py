@@ -213,6 +213,12 @@ class Task:
         """As `predict`, through a loaded SavedModel of this family."""
         raise NotImplementedError
 
+    def input_tokens_kept(self) -> int:
+        """The most tokens of a raw input text that `predict`, `score` and the export
+        keep: the source with its EOS fits `data.max_source_length`. A longer text is
+        cut (counted and reported, or refused: `decoding.long_inputs`)."""
+        return self.cfg.data.max_source_length - 1
+
     def outputs_per_input(self, settings: dict) -> int:
         """How many output lines `predict` writes per input (n-best)."""
         del settings

@@ -62,6 +62,10 @@ class LanguageModelTask(GenerationTask):
 
         return inference.encode_prompt(tokenizer, text, max_input_length)
 
+    def input_tokens_kept(self):
+        # A prompt keeps `max_source_length` tokens after its BOS (`encode_prompt`).
+        return self.cfg.data.max_source_length
+
     def score_inputs(self, data, sources, targets):
         from kerastx import predict
 

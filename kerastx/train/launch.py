@@ -18,6 +18,8 @@ import sys
 import threading
 import time
 
+from kerastx.errors import KerastxError
+
 GRACE_SECONDS = 10
 
 
@@ -60,11 +62,14 @@ def run(
     Args:
         experiment: list of str. Experiment files.
         overrides: list of str. `--set` overrides passed to every worker.
-        workers: int. Number of worker processes.
+        workers: int. Number of worker processes (`--workers`), at least 1.
         extra_env: dict or None. Extra environment for every worker (tests).
+
+    Raises:
+        KerastxError: `workers` < 1 (one line naming `--workers`).
     """
     if workers < 1:
-        raise ValueError(f"workers must be >= 1. Received: workers={workers}")
+        raise KerastxError(f"--workers: must be >= 1; got {workers}")
     ports = free_ports(workers)
     args = [*experiment]
     for item in [*overrides, "distribution.strategy=multi_worker"]:

@@ -110,6 +110,7 @@ def test_scores_are_float32_softmax_rows(data):
     layer = MultiHeadAttention(num_heads=N, key_dim=H, dtype="mixed_bfloat16")
     _, scores = layer(query, value, return_attention_scores=True)
     assert scores.shape == (B, N, T, S)
+    assert keras.backend.standardize_dtype(scores.dtype) == "float32"
     np.testing.assert_allclose(to_numpy(keras.ops.cast(scores, "float32")).sum(-1), 1.0, atol=1e-2)
 
 
