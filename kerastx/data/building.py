@@ -232,6 +232,12 @@ def build_vocabularies(
             existing vocabulary built with other tokenizer settings.
     """
     plan = vocab_plan(cfg)
+    for path, tok, given in plan.values():
+        if given:  # a bad given file stops before another side is built and written
+            if tok.type == "sentencepiece":
+                vocab_lib.check_sentencepiece_file(path)
+            else:
+                vocab_lib.check_vocab_file(path)
     vocab_dir = os.path.join(cfg.run_dir, "vocab")
     manifest = _read_manifest(vocab_dir)
     corpora = None

@@ -7,9 +7,13 @@ included) or `tokens + 1 > max_target_length`.
 
 Training corpora follow `data.length_policy`: `drop` (removed, counted), `truncate`
 (cut to the limit, counted) or `error` (a `DataError` naming the file and line).
-Evaluation corpora are never dropped from: a too-long source or target is truncated for
-the model, counted, and the raw text (`source_text`/`target_text`) stays whole for
-metrics.
+Evaluation corpora are never dropped from for length: a too-long source or target is
+truncated for the model, counted, and the raw text (`source_text`/`target_text`) stays
+whole for metrics.
+
+Empty examples (a side with no token after tokenization: a blank line, an empty TSV
+field, spaces under a words tokenizer) follow `data.empty_examples` in every split:
+`drop` (removed first, counted as `empty`) or `error` (naming the file and line).
 """
 
 from __future__ import annotations
@@ -76,8 +80,9 @@ class Encoded:
         condition: int32 array or None.
         example_id: int64 array.
         rows: int64 array. Position of each kept example in the raw corpus.
-        counts: dict. examples, kept, dropped, truncated, replaced (lines with replaced
-            UTF-8), and per side tokens and unk (over all examples read).
+        counts: dict. examples, kept, dropped (too long), empty (dropped as empty),
+            truncated, replaced (lines with replaced UTF-8), and per side tokens and unk
+            (over all examples read).
         weight: float. Sampling weight.
     """
 
@@ -111,10 +116,31 @@ def _tag_ids(values: list[str], tags: list[str], path: str, where, what: str) ->
     return out
 
 
+def _check_empty(raw: RawCorpus, source: Ragged, target: Ragged | None, policy: str):
+    """The examples with an empty side; raises under `data.empty_examples: error`."""
+    src_empty = source.lengths == 0
+    tgt_empty = target.lengths == 0 if target is not None else np.zeros(len(src_empty), bool)
+    empty = src_empty | tgt_empty
+    if policy == "error" and empty.any():
+        i = int(np.argmax(empty))
+        side, where = ("source", raw.where) if src_empty[i] else ("target", None)
+        where = where or raw.target_where or raw.where
+        raise DataError(
+            f"{where(i)}: {side} is empty (a blank line or no token after tokenization); "
+            f"fix the line or set data.empty_examples: drop"
+        )
+    return empty
+
+
 def encode_corpus(
-    raw: RawCorpus, corpus_index: int, module, limits: tuple[int, int], policy: str
+    raw: RawCorpus,
+    corpus_index: int,
+    module,
+    limits: tuple[int, int],
+    policy: str,
+    empty_policy: str = "drop",
 ) -> Encoded:
-    """Tokenizes a corpus and applies the length policy.
+    """Tokenizes a corpus, drops empty examples and applies the length policy.
 
     Args:
         raw: RawCorpus.
@@ -122,6 +148,7 @@ def encode_corpus(
         module: object with `source_tokenizer`, `target_tokenizer`, `labels`, `conditions`.
         limits: (max_source_length, max_target_length) in model lengths.
         policy: str. "drop", "truncate", "error", or "eval" (truncate, never drop).
+        empty_policy: str. `data.empty_examples`: "drop" or "error".
 
     Returns:
         An `Encoded`.
@@ -131,9 +158,10 @@ def encode_corpus(
     if raw.target is not None:
         target = tokenize_all(module.target_tokenizer, raw.target)
     n = len(raw.source)
+    empty = _check_empty(raw, source, target, empty_policy)
     max_src, max_tgt = limits
-    src_over = source.lengths + 1 > max_src
-    tgt_over = target.lengths + 1 > max_tgt if target is not None else np.zeros(n, bool)
+    src_over = (source.lengths + 1 > max_src) & ~empty
+    tgt_over = (target.lengths + 1 > max_tgt) & ~empty if target is not None else np.zeros(n, bool)
     over = src_over | tgt_over
     if policy == "error" and over.any():
         i = int(np.argmax(over))
@@ -147,11 +175,12 @@ def encode_corpus(
             f"{where(i)}: target is {target.lengths[i] + 1} tokens with BOS/EOS, over "
             f"data.max_target_length={max_tgt} (data.length_policy: error)"
         )
-    rows = np.flatnonzero(~over) if policy == "drop" else np.arange(n)
+    rows = np.flatnonzero(~empty & ~over) if policy == "drop" else np.flatnonzero(~empty)
     counts = {
         "examples": n,
         "kept": len(rows),
-        "dropped": int(n - len(rows)),
+        "dropped": int(over.sum()) if policy == "drop" else 0,
+        "empty": int(empty.sum()),
         "truncated": int(over.sum()) if policy in ("truncate", "eval") else 0,
         "replaced": raw.replaced,
         "source_tokens": int(source.lengths.sum()),

@@ -26,6 +26,7 @@ class DataModule:
         cfg: ExperimentConfig.
         paths: dict from `build_vocabularies`.
         raw_train: list of RawCorpus or None. Training corpora already read.
+        raw_eval: dict or None. "dev"/"test" -> RawCorpus already read.
 
     Attributes:
         source_tokenizer: Tokenizer. Source side (the text of LMs and classifiers).
@@ -37,7 +38,7 @@ class DataModule:
         boundaries: int array. Bucket boundaries (padded lengths).
     """
 
-    def __init__(self, cfg, paths: dict, raw_train=None):
+    def __init__(self, cfg, paths: dict, raw_train=None, raw_eval=None):
         self.cfg = cfg
         self.model_type = cfg.model.type
         self.task = tasks.get(cfg.model.type)  # the family's facts: fields, batch layout
@@ -72,6 +73,7 @@ class DataModule:
             self.max_length, d.bucket_width, d.bucket_growth
         )
         self._raw_train = raw_train
+        self._raw_eval = dict(raw_eval or {})
         self._train: list[encode.Encoded] | None = None
         self._eval: dict[str, tuple[sources.RawCorpus, encode.Encoded]] = {}
         self._store: pipeline.Store | None = None
@@ -87,19 +89,17 @@ class DataModule:
             raw = self._raw_train
             if raw is None:
                 raw = building.load_train_corpora(self.cfg)
-            policy = self.cfg.data.length_policy
+            d = self.cfg.data
             self._train = [
-                encode.encode_corpus(r, i, self, self._limits(), policy) for i, r in enumerate(raw)
+                encode.encode_corpus(r, i, self, self._limits(), d.length_policy, d.empty_examples)
+                for i, r in enumerate(raw)
             ]
             self._raw_train = None  # the strings are not needed any more
             for corpus in self._train:
                 _log_counts(corpus.name, corpus.counts)
             if not sum(len(c) for c in self._train):
-                dropped = sum(c.counts["dropped"] for c in self._train)
-                raise DataError(
-                    f"data.train: no training example left ({dropped} dropped as longer than "
-                    f"data.max_source_length/max_target_length)"
-                )
+                why = _why_none_left([c.counts for c in self._train])
+                raise DataError(f"data.train: no training example left ({why})")
         return self._train
 
     def _eval_split(self, split: str) -> tuple[sources.RawCorpus, encode.Encoded]:
@@ -109,11 +109,17 @@ class DataModule:
             corpus = getattr(self.cfg.data, split)
             if corpus is None:
                 raise DataError(f"data.{split}: no {split} corpus in the experiment")
-            raw = sources.load_corpus(
-                corpus, split, 0, self.task.fields, self.cfg.data, self.cfg.seed
+            raw = self._raw_eval.pop(split, None)
+            if raw is None:
+                raw = sources.load_corpus(
+                    corpus, split, 0, self.task.fields, self.cfg.data, self.cfg.seed
+                )
+            enc = encode.encode_corpus(
+                raw, 0, self, self._limits(), "eval", self.cfg.data.empty_examples
             )
-            enc = encode.encode_corpus(raw, 0, self, self._limits(), "eval")
             _log_counts(enc.name, enc.counts)
+            if not len(enc):
+                raise DataError(f"data.{split}: no example left ({_why_none_left([enc.counts])})")
             self._eval[split] = (raw, enc)
         return self._eval[split]
 
@@ -297,21 +303,54 @@ def _summed(named: list[tuple[str, dict]]) -> dict:
     return total
 
 
+def _why_none_left(counts: list[dict]) -> str:
+    dropped = sum(c["dropped"] for c in counts)
+    empty = sum(c["empty"] for c in counts)
+    why = []
+    if dropped or not empty:
+        why.append(f"{dropped} dropped as longer than data.max_source_length/max_target_length")
+    if empty:
+        why.append(f"{empty} empty, dropped by data.empty_examples: drop")
+    return "; ".join(why)
+
+
 def _log_counts(name: str, counts: dict) -> None:
     parts = [f"{counts['examples']} examples"]
-    for key in ("dropped", "truncated", "replaced"):
+    for key, label in (
+        ("dropped", "dropped"),
+        ("empty", "empty dropped"),
+        ("truncated", "truncated"),
+        ("replaced", "replaced"),
+    ):
         if counts.get(key):
-            parts.append(f"{counts[key]} {key}")
+            parts.append(f"{counts[key]} {label}")
     logger.info("%s: %s", name, ", ".join(parts))
 
 
-def build_data(cfg) -> DataModule:
-    """Prepares recipes and vocabularies, and returns the experiment's DataModule."""
+def build_data(cfg, read_first: bool = False) -> DataModule:
+    """Prepares recipes and vocabularies, and returns the experiment's DataModule.
+
+    Args:
+        cfg: ExperimentConfig.
+        read_first: bool. Read every corpus (train, dev, test) before building the
+            vocabularies, so a bad data file stops before anything is written into the
+            run directory (`kerastx data-stats`). By default dev and test are read on
+            first use.
+    """
     cache: dict = {}
 
     def load_train():
-        cache["train"] = building.load_train_corpora(cfg)
+        if "train" not in cache:
+            cache["train"] = building.load_train_corpora(cfg)
         return cache["train"]
 
+    raw_eval = {}
+    if read_first:
+        load_train()
+        fields = tasks.get(cfg.model.type).fields
+        for split in ("dev", "test"):
+            corpus = getattr(cfg.data, split)
+            if corpus is not None:
+                raw_eval[split] = sources.load_corpus(corpus, split, 0, fields, cfg.data, cfg.seed)
     paths = building.build_vocabularies(cfg, load_train)
-    return DataModule(cfg, paths, raw_train=cache.get("train"))
+    return DataModule(cfg, paths, raw_train=cache.get("train"), raw_eval=raw_eval)

@@ -17,9 +17,10 @@ Line formats:
 - synthetic: generated (`kerastx.data.synthetic`); cmudict: the G2P recipe
   (`kerastx.data.recipes`).
 
-Empty lines are examples like any other (an empty source encodes to EOS alone); nothing
-is skipped. Every example keeps its position in its corpus (0-based line, row or record
-number), which makes its `example_id` (see `example_id`).
+Sources read every line (row, record), empty ones included; an example with an empty
+side is dropped and counted, or refused, after tokenization (`data.empty_examples`, see
+`kerastx.data.encode`). Every example keeps its position in its corpus (0-based line,
+row or record number), which makes its `example_id` (see `example_id`).
 """
 
 from __future__ import annotations

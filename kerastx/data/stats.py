@@ -79,8 +79,13 @@ def _oov(counts: dict, side: str) -> float | None:
 
 
 def data_stats(cfg) -> dict:
-    """Statistics of an experiment's data (see the module docstring)."""
-    module = build_data(cfg)
+    """Statistics of an experiment's data (see the module docstring).
+
+    Every corpus is read before a vocabulary is built into the run directory, so a bad
+    data file leaves nothing behind (`run_data_stats` also removes what it created when
+    a later step fails).
+    """
+    module = build_data(cfg, read_first=True)
     report = module.report()
     corpora = module.train_corpora()
     d = cfg.data
@@ -132,19 +137,17 @@ def format_stats(stats: dict) -> str:
         lines.append(
             f"{split}: {counts['examples']} examples, {counts['kept']} kept, "
             f"{counts['dropped']} dropped, {counts['truncated']} truncated, "
-            f"{counts['replaced']} lines with replaced UTF-8"
+            f"{counts['empty']} empty dropped, {counts['replaced']} lines with replaced UTF-8"
         )
         if len(counts["corpora"]) > 1:
             for c in counts["corpora"]:
                 lines.append(
                     f"  {c['name']}: {c['examples']} examples, {c['dropped']} "
-                    f"dropped, {c['truncated']} truncated"
+                    f"dropped, {c['truncated']} truncated, {c['empty']} empty dropped"
                 )
         oov = stats["oov_rate"][split]
-        lines.append(
-            "  OOV rate: "
-            + ", ".join(f"{side} {rate:.4%}" for side, rate in oov.items() if rate is not None)
-        )
+        rates = [f"{side} {rate:.4%}" for side, rate in oov.items() if rate is not None]
+        lines.append("  OOV rate: " + (", ".join(rates) or "no tokens"))
     for side, info in stats["lengths"].items():
         hist = " ".join(f"{k}:{v}" for k, v in info["histogram"].items())
         lines.append(f"{side} length (tokens, train): mean {info['mean']}, max {info['max']}")

@@ -16,12 +16,27 @@ from kerastx.special_ids import SPECIAL_NAMES as _SPECIAL_NAMES
 from kerastx.special_ids import SPECIAL_TOKENS as SPECIALS
 
 
+def check_path(path: str, what: str) -> None:
+    """Refuses a path that is not a file: missing, or a directory.
+
+    Args:
+        path: str. The file.
+        what: str. What it should be, e.g. "vocabulary file".
+    """
+    if os.path.isdir(path):
+        raise DataError(f"{path}: is a directory, not a {what}")
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: {what} not found")
+
+
 def read_entries(path: str, what: str = "vocabulary") -> list[str]:
     """The lines of a vocabulary or tag file (trailing `\\r` removed, as TensorFlow does)."""
-    if not os.path.isfile(path):
-        raise DataError(f"{path}: {what} file not found")
-    with open(path, "rb") as f:
-        data = f.read()
+    check_path(path, f"{what} file")
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as err:
+        raise DataError(f"{path}: cannot read the {what} file ({err.strerror})") from None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as err:
@@ -71,8 +86,7 @@ def check_sentencepiece_file(path: str) -> int:
     """Checks a SentencePiece model's special ids and returns its vocabulary size."""
     import sentencepiece as spm
 
-    if not os.path.isfile(path):
-        raise DataError(f"{path}: SentencePiece model file not found")
+    check_path(path, "SentencePiece model file")
     try:
         sp = spm.SentencePieceProcessor(model_file=path)
     except (OSError, RuntimeError) as err:

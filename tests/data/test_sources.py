@@ -135,16 +135,17 @@ def test_text_language_model_with_crlf_and_bom(make_cfg, tmp_path):
     batch = _first(data)
     assert set(batch) == {"token_ids", "target_out_ids", "example_id", "epoch", "index"}
     a, b, c = (data.source_tokenizer.tokenize(tf.constant([x])).to_list()[0][0] for x in "abc")
+    # The blank third line is an empty example: dropped and counted (data.empty_examples).
+    assert data.report()["train"]["empty"] == 1
+    assert batch["example_id"].numpy().tolist() == [0, 1, 3]
     assert batch["token_ids"].numpy().tolist() == [
         [1, a, b, 0, 0],
         [1, a, b, c, 0],
-        [1, 0, 0, 0, 0],
         [1, b, 0, 0, 0],
     ]
     assert batch["target_out_ids"].numpy().tolist() == [
         [a, b, EOS, 0, 0],
         [a, b, c, EOS, 0],
-        [EOS, 0, 0, 0, 0],
         [b, EOS, 0, 0, 0],
     ]
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-import pytest
+import os
 
+import pytest
+import yaml
+
+from kerastx.cli import main
 from kerastx.data import data_stats, format_stats, measure_pipeline
 from tests.data.conftest import write_lines
 
@@ -61,3 +65,98 @@ def test_measure_pipeline(cfg):
     assert result["measured_padding_fraction"] == pytest.approx(3 / 28, abs=1e-3)
     assert result["distinct_shapes_per_epoch"] == 4
     assert result["distinct_shapes_per_epoch_no_bucketing"] == 1
+
+
+def _errors(capsys) -> list[str]:
+    """The error lines on stderr (not the INFO lines counting the examples read)."""
+    return [line for line in capsys.readouterr().err.splitlines() if line.startswith("kerastx")]
+
+
+def _experiment(tmp_path, name: str, data: dict) -> str:
+    """An experiment file for the CLI; its run_dir is tmp_path/runs/<name>."""
+    doc = {"name": name, "run_dir": str(tmp_path / "runs" / name), "data": data}
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(doc), encoding="utf-8")
+    return str(path)
+
+
+def _corpus(tmp_path, source: list[str], target: list[str], name: str) -> dict:
+    return {
+        "type": "parallel",
+        "source": write_lines(tmp_path / f"{name}.src", source),
+        "target": write_lines(tmp_path / f"{name}.tgt", target),
+    }
+
+
+def test_data_stats_counts_empty_examples(tmp_path, capsys):
+    path = _experiment(
+        tmp_path,
+        "empty",
+        {
+            "train": [_corpus(tmp_path, ["ab", "", "ba"], ["x", "y", "z"], "train")],
+            "dev": _corpus(tmp_path, ["ab", ""], ["x", "y"], "dev"),
+            "batch_size": 512,
+        },
+    )
+    assert main(["data-stats", path]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert (
+        "train: 3 examples, 2 kept, 0 dropped, 0 truncated, 1 empty dropped, 0 lines with "
+        "replaced UTF-8" in out
+    )
+    assert (
+        "dev: 2 examples, 1 kept, 0 dropped, 0 truncated, 1 empty dropped, 0 lines with "
+        "replaced UTF-8" in out
+    )
+
+
+def test_data_stats_that_fails_leaves_no_run_dir(tmp_path, capsys):
+    train = _corpus(tmp_path, ["ab", "ba"], ["x", "y"], "train")
+    missing = str(tmp_path / "nope.src")
+    # A dev file missing: found before any vocabulary is written.
+    path = _experiment(tmp_path, "missing", {"train": [train], "dev": {**train, "source": missing}})
+    assert main(["data-stats", path]) == 2
+    assert _errors(capsys) == [f"kerastx data-stats: error: {missing}: file not found"]
+    # The batching refused after the vocabularies were built: they are removed again.
+    path = _experiment(tmp_path, "budget", {"train": [train], "batch_size": 16})
+    assert main(["data-stats", path]) == 2
+    assert _errors(capsys) == [
+        "kerastx data-stats: error: data.batch_size gives 16 tokens per replica, fewer than "
+        "the longest allowed example (256 tokens = max(max_source_length, "
+        "max_target_length)); raise data.batch_size or lower the maximum lengths"
+    ]
+    assert not os.path.exists(tmp_path / "runs")
+    # A run dir that existed stays, without the vocabularies of the failed attempt...
+    os.makedirs(tmp_path / "runs" / "kept")
+    path = _experiment(tmp_path, "kept", {"train": [train], "batch_size": 16})
+    assert main(["data-stats", path]) == 2
+    assert os.listdir(tmp_path / "runs" / "kept") == []
+    # ...and keeps the vocabularies it had when a later data-stats fails.
+    path = _experiment(tmp_path, "kept", {"train": [train], "batch_size": 512})
+    assert main(["data-stats", path]) == 0
+    path = _experiment(tmp_path, "kept", {"train": [train], "batch_size": 16})
+    assert main(["data-stats", path]) == 2
+    assert sorted(os.listdir(tmp_path / "runs" / "kept" / "vocab")) == [
+        "manifest.json",
+        "source.txt",
+        "target.txt",
+    ]
+
+
+@pytest.mark.parametrize(
+    "tokenizer,what", [("chars", "vocabulary file"), ("sentencepiece", "SentencePiece model file")]
+)
+def test_a_directory_given_as_vocabulary(tmp_path, capsys, tokenizer, what):
+    folder = tmp_path / "vocab_dir"
+    folder.mkdir()
+    path = _experiment(
+        tmp_path,
+        "vdir",
+        {
+            "train": [_corpus(tmp_path, ["ab", "ba"], ["x", "y"], "train")],
+            "source_tokenizer": {"type": tokenizer, "vocab": str(folder)},
+        },
+    )
+    assert main(["data-stats", path]) == 2
+    assert _errors(capsys) == [f"kerastx data-stats: error: {folder}: is a directory, not a {what}"]
+    assert not os.path.exists(tmp_path / "runs")  # the target vocabulary was not built
