@@ -230,7 +230,9 @@ class Task:
         raise KerastxError(f"score: a model of type '{self.name}' has no targets to score")
 
     def export_module(self, model, data):
-        """The `tf.Module` the export saves, with a `signatures()` method."""
+        """The `tf.Module` the export saves, with a `signatures()` method and the
+        `source_tokenizer` it encodes input with (`predict` on the export counts the
+        inputs it cuts with that tokenizer, see `input_tokens_kept`)."""
         raise NotImplementedError
 
     def parity_check(self, loaded, model, data, split: str, count: int) -> int:
