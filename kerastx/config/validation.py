@@ -137,6 +137,25 @@ def _check_metrics(c: _Checker, cfg: ExperimentConfig, task) -> None:
         _check_best_metric(c, cfg, task)
 
 
+def _check_needs_dev(c: _Checker, cfg: ExperimentConfig) -> None:
+    """Early stopping and a chosen best metric act on dev evaluations: no dev set, none."""
+    e = cfg.evaluation
+    if cfg.data.dev is not None:
+        return
+    if e.early_stopping_patience:
+        c.fail(
+            ("evaluation", "early_stopping_patience"),
+            "early stopping acts on dev-set evaluations, but data.dev is not set (nothing "
+            "is evaluated during training); add a data.dev corpus or set it to 0",
+        )
+    elif e.best_metric != type(e)().best_metric:  # a choice, not the default
+        c.fail(
+            ("evaluation", "best_metric"),
+            f"{e.best_metric!r} picks the best checkpoint on the dev set, but data.dev is not "
+            f"set (no best checkpoint can be chosen); add a data.dev corpus or remove the key",
+        )
+
+
 def _check_best_metric(c: _Checker, cfg: ExperimentConfig, task) -> None:
     e = cfg.evaluation
     computed = task.metric_names(cfg)
@@ -154,6 +173,8 @@ def _check_best_metric(c: _Checker, cfg: ExperimentConfig, task) -> None:
             f"{e.best_metric!r} {why}; it computes: {', '.join(computed)}",
             *also,
         )
+        return
+    _check_needs_dev(c, cfg)
 
 
 def _check_model(c: _Checker, cfg: ExperimentConfig, task) -> None:

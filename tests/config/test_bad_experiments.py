@@ -14,6 +14,7 @@ data:
   train:
     - type: synthetic
 """
+DEV = "  dev: {type: parallel, source: d.src, target: d.tgt}\n"
 
 # An alias bomb: 8 lines, 9 aliases a level, 8 levels (9**8 values once expanded).
 BOMB = (
@@ -233,22 +234,42 @@ CASES = [
     ),
     (
         "best_metric_never_computed",
-        DATA + "evaluation:\n  metrics: [accuracy]\n  best_metric: bleu\n",
+        DATA + DEV + "evaluation:\n  metrics: [accuracy]\n  best_metric: bleu\n",
         [],
         [
-            "bad.yaml:6: evaluation.best_metric: 'bleu' is not computed for this experiment "
+            "bad.yaml:7: evaluation.best_metric: 'bleu' is not computed for this experiment "
             "(model type 'seq2seq', evaluation.metrics=['accuracy']); it computes: loss, "
             "perplexity, token_accuracy, accuracy"
         ],
     ),
     (
         "early_stopping_on_a_metric_never_computed",
-        DATA + "evaluation:\n  early_stopping_patience: 3\n",
+        DATA + DEV + "evaluation:\n  early_stopping_patience: 3\n",
         ["evaluation.best_metric=wer"],
         [
             "--set evaluation.best_metric=wer: evaluation.best_metric: 'wer' is not computed "
             "for this experiment (model type 'seq2seq', evaluation.metrics=['bleu', 'chrf']); "
             "it computes: loss, perplexity, token_accuracy, bleu, chrf"
+        ],
+    ),
+    (
+        "early_stopping_without_a_dev_set",
+        DATA + "evaluation:\n  early_stopping_patience: 3\n",
+        [],
+        [
+            "bad.yaml:5: evaluation.early_stopping_patience: early stopping acts on dev-set "
+            "evaluations, but data.dev is not set (nothing is evaluated during training); add "
+            "a data.dev corpus or set it to 0"
+        ],
+    ),
+    (
+        "best_metric_without_a_dev_set",
+        DATA + "evaluation:\n  best_metric: perplexity\n",
+        [],
+        [
+            "bad.yaml:5: evaluation.best_metric: 'perplexity' picks the best checkpoint on the "
+            "dev set, but data.dev is not set (no best checkpoint can be chosen); add a data.dev "
+            "corpus or remove the key"
         ],
     ),
     (

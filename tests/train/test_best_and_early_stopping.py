@@ -55,7 +55,7 @@ def test_lower_is_better_early_stopping_survives_a_resume(tmp_path, scripted):
     settings = [*COMMON, "training.checkpoint_every=5", "evaluation.early_stopping_patience=2"]
 
     def run(steps):
-        cfg = util.make_cfg(run_dir, f"training.train_steps={steps}", *settings)
+        cfg = util.make_cfg(run_dir, f"training.train_steps={steps}", *settings, dev=True)
         return Trainer(cfg, data=FakeData(), progress=False).run()
 
     run(6)  # evaluations at 2 (best), 4 (best), 6 (1 without improvement)
@@ -85,7 +85,7 @@ def test_higher_is_better_saves_the_best_when_the_metric_rises(tmp_path, scripte
     calls, saves = scripted("accuracy", {2: 10.0, 4: 30.0, 6: 20.0, 8: 25.0, 10: 40.0})
     run_dir = str(tmp_path / "run")
     cfg = util.make_cfg(
-        run_dir, "training.train_steps=10", *COMMON, "evaluation.best_metric=accuracy"
+        run_dir, "training.train_steps=10", *COMMON, "evaluation.best_metric=accuracy", dev=True
     )
     Trainer(cfg, data=FakeData(), progress=False).run()
     assert calls == [2, 4, 6, 8, 10]
