@@ -59,7 +59,9 @@ def train(cfg: ExperimentConfig, data=None, strategy=None) -> dict:
     """Trains (or resumes) an experiment, then averages, evaluates on test, exports.
 
     A run that is already complete (see `Trainer.completion`) is left untouched: the
-    message says so and nothing else runs.
+    message says so and nothing else runs, unless the steps after training (averaging,
+    test evaluation, export) were interrupted: `finished.json` records the step they
+    last finished at, and without it they run again.
 
     Args:
         cfg: the resolved experiment.
@@ -88,8 +90,18 @@ def train(cfg: ExperimentConfig, data=None, strategy=None) -> dict:
     with run_lock.hold(cfg.run_dir, enabled=chief):
         trainer = Trainer(cfg, data=data, strategy=strategy)
         result = trainer.run()
-        if result["complete"] or not trainer.chief:
+        if not trainer.chief:
             return result
+        if result["complete"]:
+            if _finished_step(cfg.run_dir) == trainer.step:
+                return result
+            # Trained to the end, but interrupted (Ctrl-C, SIGTERM, kill) before the
+            # steps after training ended: they run now, so none is silently skipped.
+            log.info(
+                "%s: training is complete, but averaging / the test evaluation / the "
+                "export did not finish; running them now",
+                cfg.run_dir,
+            )
         if cfg.training.average_last > 1:
             result["averaged"] = average_last(trainer)
         if cfg.data.test is not None:
@@ -97,7 +109,28 @@ def train(cfg: ExperimentConfig, data=None, strategy=None) -> dict:
         if cfg.export.enabled:
             result["export"] = export(cfg.run_dir)
             result["examples"] = show_exported_examples(cfg)
+        _mark_finished(cfg.run_dir, trainer.step)
         return result
+
+
+FINISHED_FILE = "finished.json"
+
+
+def _finished_step(run_dir: str) -> int | None:
+    """The step at which `train()` last finished every step after training, or None."""
+    try:
+        with open(os.path.join(run_dir, FINISHED_FILE), encoding="utf-8") as f:
+            return int(json.load(f)["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _mark_finished(run_dir: str, step: int) -> None:
+    """Records (atomically) that averaging, the test evaluation and the export are done."""
+    path = os.path.join(run_dir, FINISHED_FILE)
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        json.dump({"step": step}, f)
+    os.replace(path + ".tmp", path)
 
 
 def average_last(trainer) -> str:
