@@ -12,13 +12,17 @@ command-line and run-directory faults.
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 import re
+import shutil
+import sys
 import textwrap
 
 import pytest
 
 from kerastx import cli
+from tests import trained_runs
 from tests.config.test_bad_experiments import CASES as CONFIG_CASES
 
 # A seq2seq experiment on two tiny parallel files; cases add or replace keys.
@@ -56,6 +60,16 @@ decoding:
 """
 
 
+def _symbols(count: int) -> str:
+    """`count` tokens of the copy task's vocabulary (its max_source_length is 32)."""
+    return " ".join("abcdefghijklmnopqrst"[i % 20] for i in range(count))
+
+
+LONG_INPUTS = "a b\n" + _symbols(40) + "\nc d\n" + _symbols(33) + "\n"
+COPY_TASK = os.path.join(trained_runs.ROOT, "experiments", "copy_task.yaml")
+MACHINE = r"[0-9.]+ [KMGT]iB"  # this machine's memory, in the too-big-model lines
+
+
 def _lines(words) -> str:
     return "".join(w + "\n" for w in words)
 
@@ -79,6 +93,11 @@ class Case:
     files: dict = dataclasses.field(default_factory=dict)
     # Exact lines unless `match` is true: then each expected line is a regular expression.
     match: bool = False
+    # A copy of the tiny trained copy-task run (tests/trained_runs.py) at ./run.
+    run: bool = False
+    stdin: bytes | None = None
+    # Files written after the run is copied (e.g. a damaged checkpoint).
+    after: dict = dataclasses.field(default_factory=dict)
 
 
 def _config_case(case) -> Case:
@@ -229,7 +248,8 @@ CASES = [_config_case(c) for c in CONFIG_CASES] + [
         ["data-stats", "exp.yaml"],
         2,
         [
-            "kerastx data-stats: error: d.tsv:1: no column 'source' in the header (columns: src, tgt)"
+            "kerastx data-stats: error: d.tsv:1: no column 'source' in the header (columns: src, "
+            "tgt)"
         ],
         files={
             "exp.yaml": EXP.replace(
@@ -271,7 +291,8 @@ CASES = [_config_case(c) for c in CONFIG_CASES] + [
         ["data-stats", "exp.yaml"],
         2,
         [
-            r"kerastx data-stats: error: d\.tfrecord: not a readable TFRecord file \(.*corrupted record at 0.*\)"
+            r"kerastx data-stats: error: d\.tfrecord: not a readable TFRecord file \(.*corrupted "
+            r"record at 0.*\)"
         ],
         files={
             "exp.yaml": EXP.replace(
@@ -312,6 +333,272 @@ CASES = [_config_case(c) for c in CONFIG_CASES] + [
             "(choose from 'dev', 'test')"
         ],
     ),
+    # -- issue 13: the cases that were wrong or unclear ---------------------------------
+    Case(
+        "rundir_is_root",
+        ["train", "exp.yaml", "--set", "run_dir=/"],
+        2,
+        [
+            r"kerastx train: error: run_dir=/: not a kerastx run directory: it is not empty "
+            r"\(\d+ entries: .*\) and has no config.yaml written by kerastx; training would "
+            r"write its config, vocabularies, checkpoints and logs into it: choose a new or "
+            r"empty directory, or an earlier run to resume"
+        ],
+        files=_exp(),
+        match=True,
+    ),
+    Case(
+        "rundir_foreign_directory",
+        ["train", "exp.yaml", "--set", "run_dir=mine"],
+        2,
+        [
+            "kerastx train: error: run_dir=mine ({tmp}/mine): not a kerastx run directory: it "
+            "is not empty (1 entry: train_log.jsonl) and has no config.yaml written by kerastx; "
+            "training would write its config, vocabularies, checkpoints and logs into it: "
+            "choose a new or empty directory, or an earlier run to resume"
+        ],
+        files=_exp() | {"mine/train_log.jsonl": '{"mine": 1}\n'},
+    ),
+    Case(
+        "rundir_foreign_directory_for_vocab",
+        ["vocab", "exp.yaml", "--set", "run_dir=mine"],
+        2,
+        [
+            "kerastx vocab: error: run_dir=mine ({tmp}/mine): not a kerastx run directory: it "
+            "is not empty (1 entry: notes.txt) and has no config.yaml written by kerastx; "
+            "training would write its config, vocabularies, checkpoints and logs into it: "
+            "choose a new or empty directory, or an earlier run to resume"
+        ],
+        files=_exp() | {"mine/notes.txt": "mine\n"},
+    ),
+    Case(
+        "rundir_is_a_file",
+        ["train", "exp.yaml", "--set", "run_dir=src.txt"],
+        2,
+        [
+            "kerastx train: error: run_dir=src.txt ({tmp}/src.txt): exists and is not a "
+            "directory; choose another"
+        ],
+        files=_exp(),
+    ),
+    Case(
+        "predict_long_inputs_counted",
+        ["predict", "run", "--input", "in.txt"],
+        0,
+        [
+            "kerastx predict: warning: 2 of 4 inputs were longer than "
+            "data.max_source_length=32 tokens and were cut to it (lines 2, 4)"
+        ],
+        files={"in.txt": LONG_INPUTS},
+        run=True,
+    ),
+    Case(
+        "predict_long_inputs_error",
+        ["predict", "run", "--input", "in.txt", "--long-inputs", "error"],
+        2,
+        [
+            "kerastx predict: error: in.txt:2: longer than data.max_source_length=32 tokens "
+            "(decoding.long_inputs: error; 2 of 4 inputs: lines 2, 4); shorten them, or let "
+            "them be cut with --long-inputs truncate"
+        ],
+        files={"in.txt": LONG_INPUTS},
+        run=True,
+    ),
+    Case(
+        "predict_n_best_with_greedy",
+        ["predict", "run", "--input", "in.txt", "--n-best", "3"],
+        2,
+        [
+            "kerastx predict: error: --n-best: not read by strategy 'greedy' "
+            "(decoding.strategy of run); only by beam: choose that strategy or leave the "
+            "option out"
+        ],
+        files={"in.txt": "a b\n"},
+        run=True,
+    ),
+    Case(
+        "predict_beam_size_0",
+        ["predict", "run", "--input", "in.txt", "--strategy", "beam", "--beam-size", "0"],
+        2,
+        ["kerastx predict: error: --beam-size: must be >= 1; got 0"],
+        files={"in.txt": "a b\n"},
+        run=True,
+    ),
+    Case(
+        "predict_top_p_5",
+        ["predict", "run", "--input", "in.txt", "--strategy", "sample", "--top-p", "5"],
+        2,
+        ["kerastx predict: error: --top-p: must be <= 1; got 5.0"],
+        files={"in.txt": "a b\n"},
+        run=True,
+    ),
+    Case(
+        "predict_stdin_invalid_utf8",
+        ["predict", "run"],
+        2,
+        [
+            "kerastx predict: error: <stdin>:2: not valid UTF-8 (byte 0xff at column 1); give "
+            "UTF-8 text"
+        ],
+        stdin=b"a b\n\xff c\n",
+        run=True,
+    ),
+    Case(
+        "predict_checkpoint_averaged_missing",
+        ["predict", "run", "--input", "in.txt", "--checkpoint", "averaged"],
+        2,
+        [r"kerastx predict: error: run: .*averaged.*"],
+        files={"in.txt": "a b\n"},
+        run=True,
+        match=True,
+    ),
+    Case(
+        "evaluate_no_readable_checkpoint",
+        ["evaluate", "run", "--checkpoint", "last"],
+        2,
+        [
+            "kerastx evaluate: warning: checkpoint run/checkpoints/ckpt-150 cannot be restored "
+            "(file is too short to be an sstable)",
+            "kerastx evaluate: error: run/checkpoints: no checkpoint can be restored "
+            "(ckpt-150: file is too short to be an sstable)",
+        ],
+        run=True,
+        after={"run/checkpoints/ckpt-150.index": b"garbage"},
+    ),
+    Case(
+        "launch_workers_0",
+        ["launch", "exp.yaml", "--workers", "0"],
+        2,
+        ["kerastx launch: error: --workers: must be >= 1; got 0"],
+        files=_exp(),
+    ),
+    Case(
+        "train_device_missing",
+        ["train", "exp.yaml", "--set", "distribution.strategy=one_device"]
+        + ["--set", "distribution.devices=[/gpu:7]"],
+        2,
+        [
+            r"kerastx train: error: distribution.devices\[0\]: '/gpu:7': no such device on "
+            r"this machine; it has /cpu:0.* \(empty distribution.devices = all local GPUs, "
+            r"else the CPU\)"
+        ],
+        files=_exp(),
+        match=True,
+    ),
+    Case(
+        "train_device_malformed",
+        ["train", "exp.yaml", "--set", "distribution.strategy=one_device"]
+        + ["--set", "distribution.devices=[gpu7]"],
+        2,
+        [
+            r"kerastx train: error: distribution.devices\[0\]: 'gpu7' is not the name of one "
+            r"device; write it as /gpu:0 or /cpu:0 \(this machine has /cpu:0.*\)"
+        ],
+        files=_exp(),
+        match=True,
+    ),
+    Case(
+        "train_tpu_missing",
+        ["train", "exp.yaml", "--set", "distribution.strategy=tpu"],
+        2,
+        [
+            "kerastx train: error: distribution.strategy=tpu: no TPU found "
+            "(distribution.tpu=''): Please provide a TPU Name to connect to; set "
+            "distribution.tpu to the TPU's name or grpc:// address, or use another "
+            "distribution.strategy"
+        ],
+        files=_exp(),
+    ),
+    Case(
+        "validate_model_too_big_warns",
+        ["validate", "exp.yaml", "--set", "model.d_model=1000000000"],
+        0,
+        [
+            r"kerastx validate: warning: model of [0-9,]+ parameters \([0-9.]+ EiB for the "
+            r"weights and adam's state\), counted with the configured sizes "
+            r"\(data.source_tokenizer.vocab_size=8000, data.target_tokenizer.vocab_size=8000\): "
+            r"more than this machine's "
+            + MACHINE
+            + r" before any gradient or activation, so training will run out of memory; .*"
+        ],
+        files=_exp(),
+        match=True,
+    ),
+    Case(
+        "train_model_too_big",
+        ["train", "exp.yaml", "--set", "model.d_model=1000000000"],
+        2,
+        [
+            r"kerastx train: error: the model does not fit this machine: model of [0-9,]+ "
+            r"parameters \([0-9.]+ EiB for the weights and adam's state\), more than its "
+            + MACHINE
+            + r" before any gradient or activation; make the model smaller .*"
+        ],
+        files=_exp(),
+        match=True,
+    ),
+    Case(
+        "train_init_from_garbage",
+        ["train", COPY_TASK, "--set", "training.init_from=run", "--set", "run_dir=new"],
+        2,
+        [
+            "kerastx train: warning: checkpoint run/checkpoints/ckpt-150 cannot be restored "
+            "(file is too short to be an sstable)",
+            "kerastx train: error: training.init_from: run/checkpoints: no checkpoint can be "
+            "restored (ckpt-150: file is too short to be an sstable); point "
+            "training.init_from at a readable checkpoint",
+        ],
+        run=True,
+        after={"run/checkpoints/ckpt-150.index": b"garbage"},
+    ),
+    Case(
+        "data_empty_dev_set",
+        ["data-stats", "exp.yaml"],
+        2,
+        [
+            "kerastx data-stats: error: data.dev: no example left (1 empty, dropped by "
+            "data.empty_examples: drop)"
+        ],
+        files=_exp(data_extra="")
+        | {
+            "exp.yaml": EXP.replace(
+                "  batch_size: 64\n",
+                "  dev:\n    type: parallel\n    source: d.src\n    target: d.tgt\n"
+                "  batch_size: 64\n",
+            ),
+            "d.src": "\n",
+            "d.tgt": "A\n",
+        },
+    ),
+    Case(
+        "data_empty_line_is_an_error",
+        ["data-stats", "exp.yaml", "--set", "data.empty_examples=error"],
+        2,
+        [
+            "kerastx data-stats: error: src.txt:3: source is empty (a blank line or no token "
+            "after tokenization); fix the line or set data.empty_examples: drop"
+        ],
+        files=_exp() | {"src.txt": "cat\ndog\n\n" + _lines(PAIRS[3:])},
+    ),
+    Case(
+        "data_vocab_is_a_directory",
+        ["data-stats", "exp.yaml"],
+        2,
+        ["kerastx data-stats: error: v: is a directory, not a vocabulary file"],
+        files=_exp(data_extra="  source_tokenizer:\n    vocab: v\n") | {"v/x.txt": "a\n"},
+    ),
+    Case(
+        "config_best_metric_without_dev_set",
+        ["validate", "exp.yaml", "--set", "evaluation.early_stopping_patience=3"],
+        2,
+        [
+            "kerastx validate: error: --set evaluation.early_stopping_patience=3: "
+            "evaluation.early_stopping_patience: early stopping acts on dev-set evaluations, "
+            "but data.dev is not set (nothing is evaluated during training); add a data.dev "
+            "corpus or set it to 0"
+        ],
+        files=_exp(),
+    ),
 ]
 
 
@@ -332,9 +619,15 @@ def _run(argv) -> int:
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_bad_input(case, tmp_path, monkeypatch, capsys):
+def test_bad_input(case, tmp_path, tmp_path_factory, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     _write(str(tmp_path), case.files)
+    if case.run:
+        shutil.copytree(trained_runs.copy_run(tmp_path_factory.getbasetemp()), "run")
+    _write(str(tmp_path), case.after)
+    if case.stdin is not None:
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(case.stdin)))
+    capsys.readouterr()
     code = _run(case.argv)
     err = capsys.readouterr().err
     assert "Traceback" not in err

@@ -112,7 +112,8 @@ def check_run_dir(run_dir: str) -> None:
             listed = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
             raise RunDirError(
                 f"{_shown(run_dir)}: not a kerastx run directory: it is not empty "
-                f"({len(foreign)} entries: {listed}) and has no {CONFIG_FILE} written by "
+                f"({len(foreign)} {'entry' if len(foreign) == 1 else 'entries'}: {listed}) "
+                f"and has no {CONFIG_FILE} written by "
                 f"kerastx; training would write its config, vocabularies, checkpoints and "
                 f"logs into it: choose a new or empty directory, or an earlier run to resume"
             )

@@ -6,6 +6,7 @@ import contextlib
 import os
 import shutil
 
+from kerastx.config.rundir import check_run_dir
 from kerastx.data.building import build_vocabularies
 from kerastx.data.stats import data_stats, format_stats
 
@@ -35,6 +36,7 @@ def _removed_on_failure(path: str):
 
 def run_vocab(cfg) -> int:
     """Builds (or finds) the experiment's vocabularies and prints where they are."""
+    check_run_dir(cfg.run_dir)  # a foreign or unwritable directory gets no vocab/
     with _removed_on_failure(os.path.join(cfg.run_dir, "vocab")):
         paths = build_vocabularies(cfg)
     for name, path in paths.items():
@@ -48,8 +50,10 @@ def run_data_stats(cfg) -> int:
 
     Every corpus is read before a vocabulary is written; the run directory is created
     only to hold vocabularies that must be built, and what was created (the run
-    directory, or its `vocab/`) is removed again if a later step fails.
+    directory, or its `vocab/`) is removed again if a later step fails. A run
+    directory training would refuse (`config.rundir.check_run_dir`) is refused here too.
     """
+    check_run_dir(cfg.run_dir)
     with _removed_on_failure(os.path.join(cfg.run_dir, "vocab")):
         stats = data_stats(cfg)
     print(format_stats(stats))

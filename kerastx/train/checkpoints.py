@@ -379,7 +379,8 @@ def listed_checkpoints(directory: str) -> list[str]:
     """The checkpoint prefixes a directory's `checkpoint` state file lists, newest first.
 
     Returns:
-        list of str (absolute paths); empty when the directory has no checkpoint.
+        list of str: prefixes under `directory` (relative if it is), or absolute where the
+        state file holds absolute paths; empty when the directory has no checkpoint.
 
     Raises:
         CheckpointError: checkpoint files exist but the state file is missing.
@@ -392,8 +393,9 @@ def listed_checkpoints(directory: str) -> list[str]:
                 f"file is missing; restore it or move the files away to start over"
             )
         return []
-    paths = list(reversed(state.all_model_checkpoint_paths)) or [state.model_checkpoint_path]
-    return [p if os.path.isabs(p) else os.path.join(directory, p) for p in paths]
+    # get_checkpoint_state has joined relative entries with `directory` already (joining
+    # again doubled a relative run dir: run/checkpoints/run/checkpoints/ckpt-1).
+    return list(reversed(state.all_model_checkpoint_paths)) or [state.model_checkpoint_path]
 
 
 def restore_newest_readable(paths: list[str], restore, where: str) -> str:

@@ -23,6 +23,7 @@ import tensorflow as tf
 
 from kerastx import cli, runs
 from kerastx.config import load_experiment
+from kerastx.train.checkpoints import listed_checkpoints
 from kerastx.train.loop import Trainer
 from tests.train.util import ROOT
 
@@ -379,3 +380,18 @@ def test_a_kill_9_between_the_checkpoint_files_and_the_state_file_resumes_bit_ex
     assert sorted(ours) == sorted(theirs)
     for key, value in theirs.items():
         np.testing.assert_array_equal(ours[key], value, err_msg=key)
+
+
+def test_listed_checkpoints_of_a_relative_directory(tmp_path, monkeypatch):
+    # `make predict RUN=runs/x` gives a relative run dir: its checkpoints must be found
+    # where they are (a second join once made run/checkpoints/run/checkpoints/ckpt-2).
+    monkeypatch.chdir(tmp_path)
+    manager = tf.train.CheckpointManager(
+        tf.train.Checkpoint(v=tf.Variable(1.0)), "run/checkpoints", max_to_keep=2
+    )
+    manager.save()
+    manager.save()
+    assert listed_checkpoints("run/checkpoints") == [
+        "run/checkpoints/ckpt-2",
+        "run/checkpoints/ckpt-1",
+    ]
