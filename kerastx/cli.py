@@ -4,7 +4,8 @@ No logic lives here. Exit codes: 0 success; 2 a problem with the user's input (b
 config, bad data, unknown run, a flag value out of range), printed as one line per
 problem without a traceback; 1 an internal error (a bug: the traceback is shown); 75
 training was preempted by SIGTERM after saving a checkpoint (re-run the same command to
-resume).
+resume); 130 interrupted by Ctrl-C (training saves a checkpoint first; a second Ctrl-C
+quits at once).
 
 Console: kerastx's warnings print as `kerastx VERB: warning: ...`. TensorFlow's C++
 start-up lines (oneDNN and CUDA probing on a CPU machine: `failed call to cuInit`, ...)
