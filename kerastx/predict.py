@@ -91,8 +91,14 @@ def write_lines(path: str | None, lines: list[str]) -> None:
         sys.stdout.write(text)
         sys.stdout.flush()
         return
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(text)
+    try:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+    except OSError as err:
+        raise KerastxError(
+            f"{path}: cannot write the output ({err.strerror or err}); make it writable or "
+            f"choose another --output"
+        ) from None
 
 
 def long_lines(tokenize, lines: list[str], kept: int, batch_size: int = 1024) -> list[int]:

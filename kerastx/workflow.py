@@ -23,6 +23,7 @@ list of `KEY=VALUE` strings.
 from __future__ import annotations
 
 import dataclasses
+import contextlib
 import json
 import logging
 import os
@@ -220,8 +221,6 @@ def evaluate(run_dir: str, split: str = "test", overrides: list[str] | None = No
     results["truncated"] = truncated
     results["decoding"] = settings
     path = os.path.join(run_dir, f"eval_{split}.json")
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(results, f, indent=2)
     shown = {k: round(v, 3) for k, v in results.items() if isinstance(v, float)}
     print(f"{split}: {shown}")
     for sample in results.get("samples", []):
@@ -229,8 +228,25 @@ def evaluate(run_dir: str, split: str = "test", overrides: list[str] | None = No
             f"  {sample['source']} -> {sample['hypothesis']}   "
             f"(reference: {' / '.join(sample['references'])})"
         )
+    with _writing(path, "the results (printed above)"):
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(results, f, indent=2)
     print(f"wrote {path}")
     return results
+
+
+@contextlib.contextmanager
+def _writing(path: str, what: str):
+    """An OS error while writing `what` to `path` (read-only, full or missing directory)
+    becomes one line naming the path, not a traceback."""
+    try:
+        yield
+    except OSError as err:
+        where = err.filename or path
+        raise KerastxError(
+            f"{where}: cannot write {what} ({err.strerror or err}); make it writable or "
+            f"choose another place"
+        ) from None
 
 
 def _check_long_examples(cfg: ExperimentConfig, data, split: str) -> int:
@@ -265,11 +281,18 @@ def export(run_dir: str, output_dir: str | None = None, overrides: list[str] | N
     """`kerastx export RUN_DIR`: writes RUN_DIR/export (or `output_dir`) after the
     parity check passed; returns the directory. `overrides`: resume-safe `--set` keys
     (`export.checkpoint=best`: the weights exported)."""
-    loaded = runs.load_run(run_dir, overrides)
     output_dir = output_dir or os.path.join(run_dir, export_lib.EXPORT_DIR)
-    return export_lib.export_run(
-        loaded.task, loaded.model, loaded.data, loaded.checkpoint, output_dir
-    )
+    parent = os.path.dirname(os.path.abspath(output_dir))
+    if not (os.path.isdir(parent) and os.access(parent, os.W_OK | os.X_OK)):
+        raise KerastxError(
+            f"{output_dir}: cannot write the export there: {parent} is not a writable "
+            f"directory; choose another --output"
+        )
+    loaded = runs.load_run(run_dir, overrides)
+    with _writing(output_dir, "the export"):
+        return export_lib.export_run(
+            loaded.task, loaded.model, loaded.data, loaded.checkpoint, output_dir
+        )
 
 
 # -- predict, score --------------------------------------------------------------------------

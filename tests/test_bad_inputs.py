@@ -466,6 +466,39 @@ CASES = [_config_case(c) for c in CONFIG_CASES] + [
         after={"run/checkpoints/ckpt-150.index": b"garbage"},
     ),
     Case(
+        "predict_output_directory_missing",
+        ["predict", "run", "--input", "in.txt", "--output", "nodir/out.txt"],
+        2,
+        [
+            "kerastx predict: error: nodir/out.txt: cannot write the output (No such file or "
+            "directory); make it writable or choose another --output"
+        ],
+        files={"in.txt": "a b\n"},
+        run=True,
+    ),
+    Case(
+        "evaluate_cannot_write_results",
+        ["evaluate", "run"],
+        2,
+        [
+            "kerastx evaluate: error: run/eval_test.json: cannot write the results (printed "
+            "above) (Is a directory); make it writable or choose another place"
+        ],
+        run=True,
+        after={"run/eval_test.json": None, "run/eval_test.json/in_the_way.txt": "x\n"},
+    ),
+    Case(
+        "export_cannot_write",
+        ["export", "run", "--output", "in.txt/export"],
+        2,
+        [
+            "kerastx export: error: in.txt/export: cannot write the export there: "
+            "{tmp}/in.txt is not a writable directory; choose another --output"
+        ],
+        files={"in.txt": "a b\n"},
+        run=True,
+    ),
+    Case(
         "launch_workers_0",
         ["launch", "exp.yaml", "--workers", "0"],
         2,
@@ -605,6 +638,9 @@ CASES = [_config_case(c) for c in CONFIG_CASES] + [
 def _write(root, files: dict) -> None:
     for name, content in files.items():
         path = os.path.join(root, name)
+        if content is None:  # removed (e.g. to put a directory in its place)
+            os.remove(path)
+            continue
         os.makedirs(os.path.dirname(path), exist_ok=True)
         mode = "wb" if isinstance(content, bytes) else "w"
         with open(path, mode) as f:
