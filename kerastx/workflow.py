@@ -22,8 +22,8 @@ list of `KEY=VALUE` strings.
 
 from __future__ import annotations
 
-import dataclasses
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -228,9 +228,8 @@ def evaluate(run_dir: str, split: str = "test", overrides: list[str] | None = No
             f"  {sample['source']} -> {sample['hypothesis']}   "
             f"(reference: {' / '.join(sample['references'])})"
         )
-    with _writing(path, "the results (printed above)"):
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(results, f, indent=2)
+    with _writing(path, "the results (printed above)"), open(path, "w", encoding="utf-8") as f:
+        json.dump(results, f, indent=2)
     print(f"wrote {path}")
     return results
 
