@@ -12,6 +12,7 @@ command-line and run-directory faults.
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import io
 import os
 import re
@@ -216,6 +217,16 @@ CASES = [_config_case(c) for c in CONFIG_CASES] + [
             "data.max_source_length=16 (data.length_policy: error)"
         ],
         files={"exp.yaml": EXP, "src.txt": "cat\n" + "x" * 20 + "\n", "tgt.txt": "C\nX\n"},
+    ),
+    Case(
+        "data_gzip_file_cut",
+        ["data-stats", "exp.yaml"],
+        2,
+        [
+            "kerastx data-stats: error: src.txt: not a readable gzip file (Compressed file "
+            "ended before the end-of-stream marker was reached)"
+        ],
+        files=_exp() | {"src.txt": gzip.compress(SOURCES.encode())[:20]},
     ),
     Case(
         "data_vocab_missing",

@@ -156,10 +156,12 @@ def _tfrecord(corpus, needs: tuple[str, ...], policy: str) -> dict:
     places: list[tuple[str, int, int]] = []
     replaced = 0
     for path in textio.expand(corpus.path):
-        textio.read_bytes(path)  # missing and empty files
+        head = textio.read_bytes(path)[:2]  # missing and empty files
+        compression = "GZIP" if head == textio.GZIP_MAGIC else ""  # as `.gz` text files
         start = len(out["source"])
         try:
-            for i, raw in enumerate(tf.data.TFRecordDataset(path).as_numpy_iterator()):
+            records = tf.data.TFRecordDataset(path, compression_type=compression)
+            for i, raw in enumerate(records.as_numpy_iterator()):
                 example = tf.train.Example.FromString(raw)
                 features = example.features.feature
                 for key, name in columns.items():

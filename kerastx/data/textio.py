@@ -5,8 +5,9 @@ order mark at the start of the file are removed. No other character splits lines
 (unlike Python's `str.splitlines`, which also splits at U+2028 and friends), so the
 line numbers here equal those of `tf.data.TextLineDataset` and of text editors.
 
-Checks, in this order: the file exists, is not empty (0 bytes), holds no NUL byte, and is
-valid UTF-8. Invalid UTF-8 stops with the file, line and column unless the data section
+Checks, in this order: the file exists, is not empty (0 bytes), is decompressed if it is
+gzip (by its first bytes: `.gz` shards read as text), holds no NUL byte, and is valid
+UTF-8. Invalid UTF-8 stops with the file, line and column unless the data section
 says `invalid_utf8: replace`; then each bad byte sequence becomes U+FFFD and the lines
 touched are counted (and reported by `DataModule.report()`).
 """
@@ -15,7 +16,9 @@ from __future__ import annotations
 
 import dataclasses
 import glob
+import gzip
 import os
+import zlib
 
 from kerastx.data.errors import DataError
 
@@ -75,6 +78,27 @@ def read_bytes(path: str) -> bytes:
     if not data:
         raise DataError(f"{path}: file is empty")
     return data
+
+
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+def decompressed(data: bytes, path: str) -> bytes:
+    """The text of a gzip file (known by its first two bytes, whatever its name), else
+    `data` as it is. Line numbers in messages are those of the decompressed text.
+
+    Raises:
+        DataError: a damaged or cut gzip stream, or one that holds nothing.
+    """
+    if not data.startswith(GZIP_MAGIC):
+        return data
+    try:
+        text = gzip.decompress(data)
+    except (OSError, EOFError, zlib.error) as err:
+        raise DataError(f"{path}: not a readable gzip file ({err})") from None
+    if not text:
+        raise DataError(f"{path}: file is empty (a gzip file holding nothing)")
+    return text
 
 
 def decode(data: bytes, path: str, invalid_utf8: str, lines: bool = True) -> tuple[str, int]:
@@ -137,7 +161,7 @@ def read_file(path: str, invalid_utf8: str = "error") -> tuple[list[str], int]:
     Raises:
         DataError: the file is missing, empty, binary (NUL byte) or invalid UTF-8.
     """
-    text, replaced = decode(read_bytes(path), path, invalid_utf8)
+    text, replaced = decode(decompressed(read_bytes(path), path), path, invalid_utf8)
     lines = split_lines(text)
     if not lines:
         raise DataError(f"{path}: file is empty")

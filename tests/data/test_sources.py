@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import collections
+import gzip
+import re
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from kerastx.data import EOS, build_data, split_example_id, synthetic
+from kerastx.data import EOS, DataError, build_data, split_example_id, synthetic, textio
 from tests.data.conftest import write_lines
 
 
@@ -45,12 +47,13 @@ def test_tsv_with_condition_column(make_cfg, tmp_path):
     assert train["condition"].numpy().tolist() == [0 if i % 3 else 1 for i in ids]
 
 
-def test_tfrecord_source(make_cfg, tmp_path):
+@pytest.mark.parametrize("compression", ["", "GZIP"])
+def test_tfrecord_source(make_cfg, tmp_path, compression):
     def feature(value):
         return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value.encode()]))
 
     path = str(tmp_path / "d.tfrecord")
-    with tf.io.TFRecordWriter(path) as writer:
+    with tf.io.TFRecordWriter(path, options=compression or None) as writer:
         for i in range(5):
             ex = tf.train.Example(
                 features=tf.train.Features(
@@ -166,6 +169,50 @@ def test_glob_reads_files_in_order_with_positions(make_cfg, tmp_path):
     assert _text(batch["source_text"]) == ["a", "bb", "bbb"]
     assert set(batch) == {"token_ids", "target_out_ids", "example_id", "source_text"}
     assert data.references("dev") == {}
+
+
+def test_gzipped_shards_read_as_their_text(make_cfg, tmp_path):
+    # Sharded, gzipped text (how large corpora ship) reads as the plain files do; a gzip
+    # file is known by its first bytes, and line numbers are those of its text.
+    src, tgt = ["cat", "dog", "emu"], ["C A T", "D O G", "E M U"]
+    for name, lines in (("s", src), ("t", tgt)):
+        with gzip.open(tmp_path / f"{name}.txt.gz", "wt", encoding="utf-8") as f:
+            f.write("".join(line + "\n" for line in lines))
+    write_lines(tmp_path / "s.txt", src)
+    write_lines(tmp_path / "t.txt", tgt)
+
+    def corpus(suffix, name):
+        return [
+            {
+                "type": "parallel",
+                "source": str(tmp_path / f"s.txt{suffix}"),
+                "target": str(tmp_path / f"t.txt{suffix}"),
+            }
+        ]
+
+    zipped = build_data(make_cfg({"train": corpus(".gz", "z")}, name="z")).train_corpora()[0]
+    plain = build_data(make_cfg({"train": corpus("", "p")}, name="p")).train_corpora()[0]
+    assert zipped.source.lengths.tolist() == plain.source.lengths.tolist()
+    assert zipped.target.lengths.tolist() == plain.target.lengths.tolist()
+
+    # Inside a gzip file, NUL bytes and bad UTF-8 are found at their decompressed line.
+    with gzip.open(tmp_path / "bad.gz", "wb") as f:
+        f.write(b"ok\nd\xffg\n")
+    with pytest.raises(DataError, match=re.escape(f"{tmp_path}/bad.gz:2: invalid UTF-8")):
+        textio.read_file(str(tmp_path / "bad.gz"))
+    # A cut gzip stream and an empty one are one line each.
+    whole = (tmp_path / "s.txt.gz").read_bytes()
+    (tmp_path / "cut.gz").write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(
+        DataError, match=re.escape(f"{tmp_path}/cut.gz: not a readable gzip file (")
+    ):
+        textio.read_file(str(tmp_path / "cut.gz"))
+    (tmp_path / "empty.gz").write_bytes(gzip.compress(b""))
+    with pytest.raises(
+        DataError,
+        match=re.escape(f"{tmp_path}/empty.gz: file is empty (a gzip file holding nothing)"),
+    ):
+        textio.read_file(str(tmp_path / "empty.gz"))
 
 
 @pytest.mark.parametrize(
