@@ -320,12 +320,37 @@ def score_pairs(task, model, data, sources: list[str], targets: list[str]) -> li
         mask = tf.cast(scored, tf.float32)
         return tf.reduce_sum(picked * mask, axis=1), tf.reduce_sum(mask, axis=1)
 
-    lines = []
     step = task.cfg.decoding.batch_size
-    for start in range(0, len(sources), step):
-        inputs, target_out, scored = task.score_inputs(
-            data, sources[start : start + step], targets[start : start + step]
-        )
+    batches = [
+        task.score_inputs(data, sources[start : start + step], targets[start : start + step])
+        for start in range(0, len(sources), step)
+    ]
+    # The decoder reads target_out's length per pair (BOS + target, or BOS + prompt +
+    # target): past model.max_length a learned position table has no row for it.
+    limit = task.cfg.model.max_length
+    lengths = np.concatenate([b[1].row_lengths().numpy() for b in batches]) if batches else []
+    over = [int(i) for i in np.flatnonzero(np.asarray(lengths) > limit)]
+    if over:
+        raise TooLongToScore(over, [int(lengths[i]) for i in over], limit, len(sources))
+    lines = []
+    for inputs, target_out, scored in batches:
         total, count = logprob(inputs, target_out.to_tensor(), scored)
         lines.extend(f"{t:.6f}\t{int(c)}" for t, c in zip(total.numpy(), count.numpy()))
     return lines
+
+
+class TooLongToScore(KerastxError):
+    """Pairs whose scored sequence is longer than the model takes (`model.max_length`)."""
+
+    def __init__(self, indices: list[int], lengths: list[int], limit: int, total: int, name=None):
+        self.indices, self.lengths, self.limit, self.total = indices, lengths, limit, total
+        where = f"{name}:{indices[0] + 1}" if name else f"pair {indices[0] + 1}"
+        super().__init__(
+            f"{where}: the scored sequence is {lengths[0]} tokens, over model.max_length="
+            f"{limit} (the longest the model takes; {len(indices)} of {total} pairs: "
+            f"{_line_numbers(indices)}); shorten those targets (or prompts), nothing was "
+            f"scored"
+        )
+
+    def named(self, name: str) -> TooLongToScore:
+        return TooLongToScore(self.indices, self.lengths, self.limit, self.total, name)

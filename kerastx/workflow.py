@@ -521,7 +521,11 @@ def score(
     predict.check_long_inputs(
         long, len(sources), cfg.data.max_source_length, cfg.decoding.long_inputs, source, "sources"
     )
-    predict.write_lines(output_path, run.task.score(run.model, run.data, sources, targets))
+    try:
+        lines = run.task.score(run.model, run.data, sources, targets)
+    except predict.TooLongToScore as err:
+        raise err.named(target) from None
+    predict.write_lines(output_path, lines)
     return 0
 
 

@@ -510,6 +510,18 @@ CASES = [_config_case(c) for c in CONFIG_CASES] + [
         run=True,
     ),
     Case(
+        "score_target_longer_than_the_model",
+        ["score", "run", "--source", "s.txt", "--target", "t.txt"],
+        2,
+        [
+            "kerastx score: error: t.txt:2: the scored sequence is 41 tokens, over "
+            "model.max_length=32 (the longest the model takes; 1 of 2 pairs: line 2); "
+            "shorten those targets (or prompts), nothing was scored"
+        ],
+        files={"s.txt": "a b\nc d\n", "t.txt": "a b\n" + _symbols(40) + "\n"},
+        run=True,
+    ),
+    Case(
         "launch_workers_0",
         ["launch", "exp.yaml", "--workers", "0"],
         2,
