@@ -14,6 +14,7 @@ from __future__ import annotations
 import glob
 import logging
 import os
+import re
 
 from kerastx.config import typed, yamlio
 from kerastx.config.errors import ConfigError
@@ -83,9 +84,23 @@ def _foreign_entries(run_dir: str) -> list[str]:
     """The entries of an existing directory that are not kerastx's own (sorted)."""
     # The lock file, and the config's temporary file of a first start killed mid-write.
     entries = sorted(set(os.listdir(run_dir)) - {LOCK_FILE, CONFIG_FILE + ".tmp"})
-    if entries == [VOCAB_DIR] and os.path.isfile(os.path.join(run_dir, VOCAB_DIR, "manifest.json")):
-        return []  # `kerastx vocab` ran first
+    vocab = os.path.join(run_dir, VOCAB_DIR)
+    # `kerastx vocab` ran first, or (multi-worker) another worker is building the
+    # vocabularies while the chief checks: only kerastx's vocabulary files, whole or
+    # being written (`<name>.tmp-<pid>`).
+    if (
+        entries == [VOCAB_DIR]
+        and os.path.isdir(vocab)
+        and all(_VOCAB_FILE.fullmatch(name) for name in os.listdir(vocab))
+    ):
+        return []
     return entries
+
+
+_VOCAB_FILE = re.compile(
+    r"(?:(?:source|target|shared)\.(?:txt|model)|labels\.txt|conditions\.txt|manifest\.json)"
+    r"(?:\.tmp-\d+)?"
+)
 
 
 def check_run_dir(run_dir: str) -> None:

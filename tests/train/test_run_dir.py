@@ -145,10 +145,12 @@ def test_a_file_is_refused(tmp_path):
         {".lock": ""},  # a training killed before writing its config
         {".lock": "", "config.yaml.tmp": "# half"},  # killed while writing it
         {"vocab/manifest.json": "{}", "vocab/shared.txt": "a\n"},  # `kerastx vocab` first
+        # Multi-worker: another worker writing the vocabularies while the chief checks.
+        {"vocab/source.txt": "a\n", "vocab/target.txt.tmp-123": "a"},
         {CONFIG_FILE: HEADER + "name: x\n", "notes.txt": "mine"},  # a run (own files kept)
         {"checkpoints/variables.json": "{}", "logs/x": ""},  # a run that lost its config
     ],
-    ids=["empty", "lock", "config-tmp", "vocab", "run", "run-without-config"],
+    ids=["empty", "lock", "config-tmp", "vocab", "vocab-being-built", "run", "run-without-config"],
 )
 def test_accepted_directories(tmp_path, files):
     for name, text in files.items():
@@ -156,6 +158,13 @@ def test_accepted_directories(tmp_path, files):
         (tmp_path / name).write_text(text)
     check_run_dir(str(tmp_path))
     check_run_dir(str(tmp_path / "new" / "deeper"))  # absent: created by training
+
+
+def test_a_vocab_folder_holding_other_files_is_foreign(tmp_path):
+    (tmp_path / "vocab").mkdir()
+    (tmp_path / "vocab" / "words.csv").write_text("a\n")
+    with pytest.raises(RunDirError, match="not a kerastx run directory"):
+        check_run_dir(str(tmp_path))
 
 
 # -- case 3: the lock ---------------------------------------------------------------------
