@@ -201,6 +201,20 @@ class DataConfig:
         unit="threads",
         ge=-1,
     )
+    stream: str = option(
+        "auto",
+        doc="how training corpora are read: memory (read and tokenized once, in RAM), "
+        "stream (read, tokenized and batched by tf.data from the files, memory flat in "
+        "corpus size), or auto (stream when the training files exceed 64 MiB on disk)",
+        choices=("auto", "memory", "stream"),
+    )
+    vocab_sample: int = option(
+        1000000,
+        doc="streamed corpora: examples read to build vocabularies, labels and condition "
+        "tags (the first lines of every file)",
+        unit="examples",
+        ge=1,
+    )
 
 
 @dataclass(kw_only=True)

@@ -13,7 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 from kerastx import tasks
-from kerastx.data import batching, building, encode, pipeline, sources, tokenizers
+from kerastx.data import batching, building, encode, pipeline, shards, sources, tokenizers
 from kerastx.data.errors import DataError
 
 logger = logging.getLogger("kerastx.data")
@@ -27,6 +27,10 @@ class DataModule:
         paths: dict from `build_vocabularies`.
         raw_train: list of RawCorpus or None. Training corpora already read.
         raw_eval: dict or None. "dev"/"test" -> RawCorpus already read.
+        stream_shards: list of `shards.Shard` or None. The files of streamed training
+            corpora (`data.stream`); then `raw_train` is the vocabulary sample, which
+            `train_corpora()` and `report()` describe, and training reads
+            `stream_dataset`.
 
     Attributes:
         source_tokenizer: Tokenizer. Source side (the text of LMs and classifiers).
@@ -36,9 +40,10 @@ class DataModule:
         labels: TagVocabulary or None. Classifier labels.
         conditions: TagVocabulary or None. Condition tags (`condition_column`).
         boundaries: int array. Bucket boundaries (padded lengths).
+        streamed: bool. Training corpora are streamed from their files.
     """
 
-    def __init__(self, cfg, paths: dict, raw_train=None, raw_eval=None):
+    def __init__(self, cfg, paths: dict, raw_train=None, raw_eval=None, stream_shards=None):
         self.cfg = cfg
         self.model_type = cfg.model.type
         self.task = tasks.get(cfg.model.type)  # the family's facts: fields, batch layout
@@ -77,6 +82,9 @@ class DataModule:
         self._train: list[encode.Encoded] | None = None
         self._eval: dict[str, tuple[sources.RawCorpus, encode.Encoded]] = {}
         self._store: pipeline.Store | None = None
+        self.stream_shards = stream_shards
+        self.streamed = stream_shards is not None
+        self._stream = None
 
     # -- loading -------------------------------------------------------------------------
 
@@ -159,6 +167,36 @@ class DataModule:
 
     # -- training ------------------------------------------------------------------------
 
+    def stream_dataset(self, num_replicas: int, pipes: int = 1, pipe: int = 0):
+        """The infinite streamed batches of one input pipeline (streamed corpora only).
+
+        Args:
+            num_replicas: int. Replicas in sync (the per-replica token budget).
+            pipes: int. Input pipelines (workers); each reads its own part of the files.
+            pipe: int. This pipeline.
+
+        Returns:
+            tf.data.Dataset of per-replica batches (the training keys, `epoch`,
+            `index`, and `counts`: int64 (5,) examples read, dropped, empty, truncated,
+            replaced that the batch accounts for; see `kerastx.data.stream`).
+        """
+        from kerastx.data import stream
+
+        if not self.streamed:
+            raise ValueError("stream_dataset: the training corpora are read in memory")
+        if self._stream is None:
+            self._stream = stream.Stream(
+                self.cfg, self, self.stream_shards, self.task.layout, self.task.fields
+            )
+        caps = stream.capacities_for(self, num_replicas)
+        return self._stream.dataset(0, pipes, pipe, caps)
+
+    def stream_error(self, err: BaseException) -> DataError | None:
+        """The DataError a failed streamed-input check raised inside a step, or None."""
+        if self._stream is None:
+            return None
+        return self._stream.error_from(err)
+
     def batch_lengths(self, corpora: list[encode.Encoded]) -> np.ndarray:
         """Batching length of each example: max of the sides' model lengths."""
         parts = []
@@ -197,6 +235,17 @@ class DataModule:
             (infinite, batch keys of the data contract plus scalar int64 `epoch` and
             `index`).
         """
+        if self.streamed:
+            if tuple(start) != (0, 0):
+                raise ValueError("streamed corpora resume from an iterator state, not a position")
+
+            def streamed_fn(input_context=None):
+                replicas = input_context.num_replicas_in_sync if input_context else 1
+                pipes = input_context.num_input_pipelines if input_context else 1
+                pipe = input_context.input_pipeline_id if input_context else 0
+                return self.stream_dataset(replicas, pipes, pipe)
+
+            return streamed_fn
         store = self._train_store()  # reads the data now, outside the strategy
         start = (int(start[0]), int(start[1]))
         if start[0] < 0 or start[1] < 0:
@@ -287,6 +336,10 @@ class DataModule:
     def report(self) -> dict:
         """Counts per split and corpus: examples, kept, dropped, truncated, replaced, ..."""
         out = {"train": _summed([(c.name, c.counts) for c in self.train_corpora()])}
+        if self.streamed:
+            # Streamed: these are the vocabulary sample's counts; the epochs' own are
+            # logged as training reads them.
+            out["train"]["sample_of_streamed"] = shards.describe(self.stream_shards)
         for split in ("dev", "test"):
             if getattr(self.cfg.data, split) is not None:
                 raw, enc = self._eval_split(split)
@@ -338,19 +391,36 @@ def build_data(cfg, read_first: bool = False) -> DataModule:
             first use.
     """
     cache: dict = {}
+    fields = tasks.get(cfg.model.type).fields
+    streamed, why = shards.choose(cfg)
+    stream_shards = shards.shards(cfg, fields) if streamed else None
+    logger.info(
+        "data.train: %s (%s)",
+        f"streamed from {shards.describe(stream_shards)}" if streamed else "read into memory",
+        why,
+    )
 
     def load_train():
         if "train" not in cache:
-            cache["train"] = building.load_train_corpora(cfg)
+            if streamed:
+                cache["train"] = shards.sample(cfg, fields, stream_shards)
+            else:
+                cache["train"] = building.load_train_corpora(cfg)
         return cache["train"]
 
     raw_eval = {}
     if read_first:
         load_train()
-        fields = tasks.get(cfg.model.type).fields
         for split in ("dev", "test"):
             corpus = getattr(cfg.data, split)
             if corpus is not None:
                 raw_eval[split] = sources.load_corpus(corpus, split, 0, fields, cfg.data, cfg.seed)
-    paths = building.build_vocabularies(cfg, load_train)
-    return DataModule(cfg, paths, raw_train=cache.get("train"), raw_eval=raw_eval)
+    note = None
+    if streamed:
+        note = {"data.vocab_sample": cfg.data.vocab_sample, "files": len(stream_shards)}
+    paths = building.build_vocabularies(cfg, load_train, note=note)
+    if streamed and "train" not in cache:
+        load_train()  # the sample stands for the training data in report() and data-stats
+    return DataModule(
+        cfg, paths, raw_train=cache.get("train"), raw_eval=raw_eval, stream_shards=stream_shards
+    )

@@ -70,14 +70,37 @@ def _with_bos(tokens: tf.RaggedTensor, length) -> tf.Tensor:
     return tf.concat([tf.fill(tf.stack([batch, 1]), tf.constant(BOS, tf.int32)), body], axis=1)
 
 
+def frame_fields(fields: dict, layout: dict, source_length, target_length) -> dict:
+    """The batch keys of the layout from a batch's fields (ragged token rows, ids).
+
+    Args:
+        fields: dict. "source" / "target" ragged `(B, None)` tokens without specials,
+            "label" `(B,)`, and the keys copied as they are: "example_id",
+            "condition", "source_text", "target_text" (those present).
+        layout: dict. The family's batch layout (`Task.layout`): key -> (field,
+            framing); framing "eos" = tokens + EOS, "bos" = BOS + tokens, None = one
+            id per example.
+        source_length: scalar int. Padded length of source-field keys.
+        target_length: scalar int. Padded length of target-field keys.
+    """
+    lengths = {"source": source_length, "target": target_length}
+    frame = {"eos": _with_eos, "bos": _with_bos}
+    batch: dict = {}
+    for key, (name, framing) in layout.items():
+        value = fields[name]
+        batch[key] = value if framing is None else frame[framing](value, lengths[name])
+    for key in ("example_id", "condition", "source_text", "target_text"):
+        if fields.get(key) is not None:
+            batch[key] = fields[key]
+    return batch
+
+
 def materialize(store: Store, layout: dict, rows, source_length, target_length) -> dict:
     """Gathers the rows of a batch and pads them; the batch keys of the data contract.
 
     Args:
         store: Store.
-        layout: dict. The family's batch layout (`Task.layout`): key -> (field,
-            framing); framing "eos" = tokens + EOS, "bos" = BOS + tokens, None = one
-            id per example.
+        layout: dict. The family's batch layout (see `frame_fields`).
         rows: `(B,)` int64 rows.
         source_length: scalar int. Padded length of source-field keys.
         target_length: scalar int. Padded length of target-field keys.
@@ -85,22 +108,14 @@ def materialize(store: Store, layout: dict, rows, source_length, target_length) 
     Returns:
         dict of tensors (see the package docstring).
     """
-    names = dict.fromkeys(name for name, _ in layout.values())
-    fields = {name: tf.gather(getattr(store, name), rows) for name in names}
-    lengths = {"source": source_length, "target": target_length}
-    frame = {"eos": _with_eos, "bos": _with_bos}
-    batch: dict = {}
-    for key, (name, framing) in layout.items():
-        value = fields[name]
-        batch[key] = value if framing is None else frame[framing](value, lengths[name])
-    batch["example_id"] = tf.gather(store.example_id, rows)
-    if store.condition is not None:
-        batch["condition"] = tf.gather(store.condition, rows)
-    if store.source_text is not None:
-        batch["source_text"] = tf.gather(store.source_text, rows)
-    if store.target_text is not None:
-        batch["target_text"] = tf.gather(store.target_text, rows)
-    return batch
+    names = set(name for name, _ in layout.values())
+    names.update(("example_id", "condition", "source_text", "target_text"))
+    fields = {
+        name: tf.gather(getattr(store, name), rows)
+        for name in names
+        if getattr(store, name) is not None
+    }
+    return frame_fields(fields, layout, source_length, target_length)
 
 
 def _options() -> tf.data.Options:

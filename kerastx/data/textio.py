@@ -83,6 +83,22 @@ def read_bytes(path: str) -> bytes:
 GZIP_MAGIC = b"\x1f\x8b"
 
 
+def read_bytes_head(path: str, count: int = 2) -> bytes:
+    """The first `count` bytes of a data file, with the checks of `read_bytes`."""
+    if os.path.isdir(path):
+        raise DataError(f"{path}: is a directory, expected a file")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(count)
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except OSError as err:
+        raise DataError(f"{path}: cannot read ({err.strerror})") from None
+    if not head:
+        raise DataError(f"{path}: file is empty")
+    return head
+
+
 def decompressed(data: bytes, path: str) -> bytes:
     """The text of a gzip file (known by its first two bytes, whatever its name), else
     `data` as it is. Line numbers in messages are those of the decompressed text.

@@ -336,8 +336,13 @@ class Checkpoints:
         path = tf.train.latest_checkpoint(self.directory)
         return None if path is None else int(path.rsplit("-", 1)[1])
 
-    def restore_latest(self) -> str | None:
+    def restore_latest(self, also=None) -> str | None:
         """Restores the newest readable checkpoint of the run directory.
+
+        Args:
+            also: callable(step) or None. Restores what belongs to the checkpoint of
+                that step but lives outside it (the streamed input's iterator states);
+                an `UnreadableCheckpointError` from it skips to an older checkpoint.
 
         Returns:
             The path restored, or None when the run has no checkpoint (a new run).
@@ -348,7 +353,18 @@ class Checkpoints:
         candidates = listed_checkpoints(self.directory)
         if not candidates:
             return None
-        return restore_newest_readable(candidates, self.restore, self.directory)
+        if also is None:
+            return restore_newest_readable(candidates, self.restore, self.directory)
+
+        def restore_both(path):
+            also(int(path.rsplit("-", 1)[1]))  # first: a missing data state reads nothing
+            self.restore(path)
+
+        return restore_newest_readable(candidates, restore_both, self.directory)
+
+    def kept_steps(self) -> set[int]:
+        """The steps of the recent checkpoints the manager keeps."""
+        return {int(p.rsplit("-", 1)[1]) for p in self.manager.checkpoints}
 
     def restore(self, path: str) -> None:
         """Restores every tracked object from `path`, once the model's manifest agrees.

@@ -38,8 +38,9 @@ from kerastx.train.checkpoints import Checkpoints, VariableBag, variable_manifes
 from kerastx.train.flops import matmul_rate
 from kerastx.train.optimizers import build_optimizer
 from kerastx.train.schedules import WarmupSchedule
-from kerastx.train.step import StepBuilder
+from kerastx.train.step import STREAM_KEYS, StepBuilder
 from kerastx.train.strategy import is_chief, make_strategy
+from kerastx.train.stream_input import StreamInput
 
 log = logging.getLogger("kerastx")
 
@@ -111,6 +112,7 @@ class Trainer:
         if self.chief:
             write_resolved(cfg)
         self.data = data if data is not None else build_data(cfg)
+        self.streamed = bool(getattr(self.data, "streamed", False))
         with runtime.seeded(cfg.seed), self.strategy.scope():
             self.model, self.optimizer = self._build_model_and_optimizer()
             self.state = {
@@ -130,6 +132,14 @@ class Trainer:
                     ("evals_since_best", tf.constant(0, tf.int64)),
                     ("evaluated_step", tf.constant(0, tf.int64)),
                     ("rollbacks", tf.constant(0, tf.int64)),
+                    # Streamed corpora: the counts of the epoch being read (see
+                    # _count_epochs); only then, so older checkpoints still match.
+                    *(
+                        (("data_counts", tf.zeros([len(STREAM_KEYS)], tf.int64)),)
+                        + (("counts_epoch", tf.constant(0, tf.int64)),)
+                        if self.streamed
+                        else ()
+                    ),
                 )
             }
         self.checkpoints = Checkpoints(
@@ -159,10 +169,15 @@ class Trainer:
             t.mixed_precision == "float16",
             t.jit_compile,
             self.state,
+            streamed=self.streamed,
+        )
+        self.stream_input = (
+            StreamInput(self.data, self.strategy, cfg.run_dir) if self.streamed else None
         )
         self.progress_enabled = progress and self.chief
         self._stop_signal = None  # SIGTERM or SIGINT once one arrived: save and stop
         self._progress = None  # the progress line of the running session
+        self._board = None  # the TensorBoard writer of the running session
         self.restored_from = None
         self._running = (0, 1, (0, 0))  # the step call in flight: (step, steps, position)
 
@@ -234,11 +249,18 @@ class Trainer:
         return int(self.state["step"].numpy())
 
     def _restore_or_init(self) -> None:
-        self.restored_from = self.checkpoints.restore_latest()
+        also = None
+        if self.stream_input is not None:
+            also = self.stream_input.restore  # the input's iterator state of that step
+        self.restored_from = self.checkpoints.restore_latest(also=also)
         if self.restored_from is None and self.cfg.training.init_from:
             warm_start.init_from(self.model, self.optimizer, self.cfg.training)
 
     def _iterator(self):
+        if self.stream_input is not None:
+            # One host iterator for the run: its state is checkpointed (a rollback keeps
+            # it, so the batches that led to a NaN are skipped, as below).
+            return self.stream_input.iterator()
         start = (int(self.state["data_epoch"].numpy()), int(self.state["data_index"].numpy()))
         dataset = self.strategy.distribute_datasets_from_function(
             self.data.train_dataset_fn(start=start)
@@ -343,10 +365,12 @@ class Trainer:
             old_handlers[signal.SIGTERM] = signal.signal(signal.SIGTERM, self._on_sigterm)
             old_handlers[signal.SIGINT] = signal.signal(signal.SIGINT, self._on_sigint)
         self._progress = run.progress
+        self._board = run.board
         try:
             yield run
         finally:
             self._progress = None
+            self._board = None
             for signum, handler in old_handlers.items():
                 signal.signal(signum, handler)
             if run.profiling:
@@ -369,6 +393,11 @@ class Trainer:
                 )
             except tf.errors.ResourceExhaustedError as err:
                 raise OutOfMemory(self._out_of_memory(err)) from None
+            except tf.errors.InvalidArgumentError as err:
+                problem = self.data.stream_error(err) if self.streamed else None
+                if problem is None:
+                    raise
+                raise problem from None
             if taken is not True:
                 iterator = self._non_finite(taken, run.journal, run.board, run.progress)
                 run.window = summaries.Window()
@@ -465,9 +494,18 @@ class Trainer:
         return results
 
     def _save_once(self) -> None:
-        """Saves a checkpoint at the current step unless the newest one is at this step."""
+        """Saves a checkpoint at the current step unless the newest one is at this step.
+
+        With streamed corpora every worker first saves its input's iterator state of
+        this step (a checkpoint without one is skipped on resume), then the states no
+        kept checkpoint needs are deleted.
+        """
         if self.checkpoints.saved_step != self.step:
+            if self.stream_input is not None:
+                self.stream_input.save(self.step)
             self.checkpoints.save()
+            if self.stream_input is not None:
+                self.stream_input.prune(self.checkpoints.kept_steps())
 
     def _run_chunk(self, iterator, step: int, n: int, window, journal):
         """Runs the next `n` steps (the first one probed on the log grid) and logs them.
@@ -580,7 +618,40 @@ class Trainer:
         bad_step = self._log_steps(first_step, stats, journal)
         if bad_step is True:
             window.add(stats, seconds, steps, timed)
+            if self.streamed:
+                self._count_epochs(first_step, stats)
         return bad_step
+
+    def _count_epochs(self, first_step: int, stats: dict) -> None:
+        """Adds the steps' streamed-input counts to their epoch's; reports an epoch once
+        a step reads the next one (a step straddling two epochs counts in the later)."""
+        counts = self.state["data_counts"]
+        for i in range(len(stats["data_epoch"])):
+            epoch = int(stats["data_epoch"][i])
+            current = int(self.state["counts_epoch"].numpy())
+            if epoch > current:
+                self._report_epoch(current, counts.numpy(), first_step + i)
+                counts.assign(tf.zeros_like(counts))
+                self.state["counts_epoch"].assign(epoch)
+            step = [round(float(stats[key][i])) for key in STREAM_KEYS]
+            counts.assign_add(tf.constant(step, tf.int64))
+
+    def _report_epoch(self, epoch: int, counts, step: int) -> None:
+        values = dict(zip(("read", "dropped", "empty", "truncated", "replaced"), map(int, counts)))
+        parts = [f"{values['read']} examples read"]
+        for key, label in (
+            ("dropped", "dropped as too long"),
+            ("empty", "empty dropped"),
+            ("truncated", "truncated"),
+            ("replaced", "with invalid UTF-8 replaced"),
+        ):
+            if values[key]:
+                parts.append(f"{values[key]} {label}")
+        text = f"epoch {epoch} of the streamed training data ended: {', '.join(parts)}"
+        if self.chief:
+            log.info("%s", text)
+            if self._board is not None:
+                self._board.scalars(step, {f"data/{k}": v for k, v in values.items()}, "train")
 
     @staticmethod
     def _log_steps(first_step: int, stats: dict, journal):

@@ -52,6 +52,8 @@ SUM_KEYS = (
 )
 # Added to SUM_KEYS for models with mixture-of-experts layers.
 MOE_KEYS = ("moe_routed", "moe_dropped")
+# Added for streamed corpora: the batches' `counts` (kerastx.data.stream.COUNT_KEYS).
+STREAM_KEYS = ("data_read", "data_dropped", "data_empty", "data_truncated", "data_replaced")
 _HASH_MULT = 2654435761
 _HASH_MOD = 2**31
 
@@ -64,6 +66,9 @@ def _batch_stats(batch: dict, task) -> dict:
     src = batch[task.source_key] if task.source_key else None
     tgt = batch[task.target_key] if task.target_key else None
     stats = {"id_hash": id_hash, "examples": tf.cast(tf.shape(ids)[0], f32)}
+    if "counts" in batch:
+        counts = tf.cast(batch["counts"], f32)
+        stats.update({key: counts[i] for i, key in enumerate(STREAM_KEYS)})
     src_real = tf.reduce_sum(tf.cast(src != 0, f32)) if src is not None else tf.constant(0.0)
     tgt_real = tf.reduce_sum(tf.cast(tgt != 0, f32)) if tgt is not None else tf.constant(0.0)
     src_slots = tf.cast(tf.size(src), f32) if src is not None else tf.constant(0.0)
@@ -97,6 +102,8 @@ class StepBuilder:
         float16: bool. Dynamic loss scaling (float16 mixed precision).
         jit_compile: bool. Compile each micro-batch's gradient computation with XLA.
         state: dict of tf.Variables: step, data_epoch, data_index, loss_scale, good_steps.
+        streamed: bool. Batches carry `counts` (streamed corpora): their sums per step
+            are statistics, and so is the epoch of the step's last batch.
     """
 
     GROWTH_INTERVAL = 2000
@@ -114,6 +121,7 @@ class StepBuilder:
         float16,
         jit_compile,
         state,
+        streamed=False,
     ):
         self.model = model
         self.optimizer = optimizer
@@ -127,7 +135,10 @@ class StepBuilder:
         self.state = state
         moe_layers = getattr(model, "moe_layers", None)
         self._moe = moe_layers() if moe_layers is not None else []
-        self.sum_keys = SUM_KEYS + (MOE_KEYS if self._moe else ())
+        self.sum_keys = (
+            SUM_KEYS + (MOE_KEYS if self._moe else ()) + (STREAM_KEYS if streamed else ())
+        )
+        self.streamed = streamed
         self._grads = (
             tf.function(self._micro_grads, jit_compile=True) if jit_compile else self._micro_grads
         )
@@ -147,8 +158,11 @@ class StepBuilder:
             not the step's.
         """
         if self._probe_fn is None:
-            spec = tuple(iterator.element_spec for _ in range(self.accumulation))
-            self._probe_fn = tf.function(self._probe, input_signature=[spec])
+            if iterator.element_spec is None:  # a host iterator (streamed corpora)
+                self._probe_fn = tf.function(self._probe, reduce_retracing=True)
+            else:
+                spec = tuple(iterator.element_spec for _ in range(self.accumulation))
+                self._probe_fn = tf.function(self._probe, input_signature=[spec])
         traces = self._probe_fn.experimental_get_tracing_count()
         t0 = time.perf_counter()
         batches = tuple(iterator.get_next() for _ in range(self.accumulation))
@@ -302,10 +316,14 @@ class StepBuilder:
             state["loss_scale"].assign(scale)
             state["good_steps"].assign(tf.where(grow, tf.zeros_like(good), good))
         totals.update(lr=lr, loss_scale=loss_scale)
+        if self.streamed:
+            totals["data_epoch"] = tf.cast(last // 2**32, tf.float32)
         return totals
 
     def _train_fn(self, iterator, n):
         names = (*self.sum_keys, "grad_norm", "finite", "lr", "loss_scale")
+        if self.streamed:
+            names += ("data_epoch",)
         arrays = {
             k: tf.TensorArray(tf.int64 if k == "id_hash" else tf.float32, size=n) for k in names
         }
