@@ -40,7 +40,7 @@ import tensorflow as tf
 
 from kerastx import bench_process
 
-SECTIONS = ("matmul", "pipeline", "train", "memory", "decode_cache", "decode")
+SECTIONS = ("matmul", "pipeline", "train", "memory", "decode_cache", "decode", "stream")
 ROOT_EXPERIMENTS = "experiments"
 
 
@@ -283,6 +283,10 @@ def run(
         results["decode_cache"] = bench_decode_cache()
     if "decode" in sections:
         results["decode"] = bench_decode(quick)
+    if "stream" in sections:
+        from kerastx import bench_stream
+
+        results["stream"] = bench_stream.bench(quick)
     os.makedirs(os.path.dirname(output) or ".", exist_ok=True)
     with open(output, "w", encoding="utf-8") as f:
         json.dump(results, f, indent=2, default=float)
@@ -360,4 +364,15 @@ def format_table(results: dict) -> str:
                 f"  {'no cache':<13} greedy {uncached:8,.0f}   (cached framework greedy is "
                 f"{d['framework_greedy_words_per_s'] / max(uncached, 1e-9):.2f}x)"
             )
+    if "stream" in results:
+        from kerastx import bench_stream
+
+        lines.extend(bench_stream.format_section(results["stream"]))
+        if "train" in results:
+            best = max(r["tokens_per_s"] for r in results["train"])
+            for name, pipe in results["stream"]["pipeline"].items():
+                lines.append(
+                    f"  streamed pipeline {name} / fastest training consumption: "
+                    f"{pipe['nonpad_tokens_per_s'] / max(best, 1):.0f}x"
+                )
     return "\n".join(lines)

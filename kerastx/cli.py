@@ -252,6 +252,14 @@ def _cmd_vocab(args):
     return run_vocab(cfg)
 
 
+def _cmd_prepare(args):
+    _import_tensorflow(_VERBOSE)
+    from kerastx.data.prepare import run_prepare
+
+    cfg, _ = _load(args)
+    return run_prepare(cfg)
+
+
 def _cmd_data_stats(args):
     _import_tensorflow(_VERBOSE)
     from kerastx.data import run_data_stats
@@ -384,6 +392,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = verbs.add_parser("vocab", help="build the experiment's vocabularies")
     _experiment_args(p)
     p.set_defaults(func=_cmd_vocab)
+
+    p = verbs.add_parser(
+        "prepare", help="tokenize the training corpora once into TFRecord shards (resumable)"
+    )
+    _experiment_args(p)
+    p.set_defaults(func=_cmd_prepare)
 
     p = verbs.add_parser("data-stats", help="counts, lengths, OOV rate, padding of the data")
     _experiment_args(p)

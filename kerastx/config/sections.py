@@ -208,6 +208,12 @@ class DataConfig:
         "corpus size), or auto (stream when the training files exceed 64 MiB on disk)",
         choices=("auto", "memory", "stream"),
     )
+    service: str | None = option(
+        None,
+        doc="streamed corpora: the address of a tf.data service dispatcher "
+        "(grpc://host:port, started by `kerastx data-service`) that reads and batches the "
+        "training stream for this trainer; null = this process reads it",
+    )
     vocab_sample: int = option(
         1000000,
         doc="streamed corpora: examples read to build vocabularies, labels and condition "

@@ -7,7 +7,6 @@ import os
 import shutil
 
 from kerastx.config.rundir import check_run_dir
-from kerastx.data.building import build_vocabularies
 from kerastx.data.stats import data_stats, format_stats
 
 
@@ -37,8 +36,11 @@ def _removed_on_failure(path: str):
 def run_vocab(cfg) -> int:
     """Builds (or finds) the experiment's vocabularies and prints where they are."""
     check_run_dir(cfg.run_dir)  # a foreign or unwritable directory gets no vocab/
+    from kerastx.data.module import build_data
+
     with _removed_on_failure(os.path.join(cfg.run_dir, "vocab")):
-        paths = build_vocabularies(cfg)
+        # Through build_data: streamed corpora build from their bounded sample.
+        paths = build_data(cfg).paths
     for name, path in paths.items():
         if path:
             print(f"{name}: {path}")

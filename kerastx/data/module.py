@@ -84,6 +84,7 @@ class DataModule:
         self._store: pipeline.Store | None = None
         self.stream_shards = stream_shards
         self.streamed = stream_shards is not None
+        self.prepared: list[str] | None = None  # `kerastx prepare`d shards, when read
         self._stream = None
 
     # -- loading -------------------------------------------------------------------------
@@ -186,7 +187,12 @@ class DataModule:
             raise ValueError("stream_dataset: the training corpora are read in memory")
         if self._stream is None:
             self._stream = stream.Stream(
-                self.cfg, self, self.stream_shards, self.task.layout, self.task.fields
+                self.cfg,
+                self,
+                self.stream_shards,
+                self.task.layout,
+                self.task.fields,
+                prepared=self.prepared,
             )
         caps = stream.capacities_for(self, num_replicas)
         return self._stream.dataset(0, pipes, pipe, caps)
@@ -380,7 +386,7 @@ def _log_counts(name: str, counts: dict) -> None:
     logger.info("%s: %s", name, ", ".join(parts))
 
 
-def build_data(cfg, read_first: bool = False) -> DataModule:
+def build_data(cfg, read_first: bool = False, use_prepared: bool = True) -> DataModule:
     """Prepares recipes and vocabularies, and returns the experiment's DataModule.
 
     Args:
@@ -389,16 +395,17 @@ def build_data(cfg, read_first: bool = False) -> DataModule:
             vocabularies, so a bad data file stops before anything is written into the
             run directory (`kerastx data-stats`). By default dev and test are read on
             first use.
+        use_prepared: bool. Streamed corpora with `kerastx prepare`d shards in the run
+            directory read those (checked against their inputs) instead of the text.
     """
+    from kerastx.data import prepared as prepare
+
     cache: dict = {}
     fields = tasks.get(cfg.model.type).fields
     streamed, why = shards.choose(cfg)
+    if not streamed and use_prepared and prepare.has_prepared(cfg.run_dir):
+        streamed, why = True, f"{why}, but the run has prepared shards (kerastx prepare)"
     stream_shards = shards.shards(cfg, fields) if streamed else None
-    logger.info(
-        "data.train: %s (%s)",
-        f"streamed from {shards.describe(stream_shards)}" if streamed else "read into memory",
-        why,
-    )
 
     def load_train():
         if "train" not in cache:
@@ -421,6 +428,16 @@ def build_data(cfg, read_first: bool = False) -> DataModule:
     paths = building.build_vocabularies(cfg, load_train, note=note)
     if streamed and "train" not in cache:
         load_train()  # the sample stands for the training data in report() and data-stats
-    return DataModule(
+    module = DataModule(
         cfg, paths, raw_train=cache.get("train"), raw_eval=raw_eval, stream_shards=stream_shards
     )
+    if streamed and use_prepared:
+        module.prepared = prepare.prepared_paths(cfg, module)
+    if not streamed:
+        where = "read into memory"
+    elif module.prepared:
+        where = f"streamed from {len(module.prepared)} prepared shards in {prepare.PREPARED_DIR}/"
+    else:
+        where = f"streamed from {shards.describe(stream_shards)}"
+    logger.info("data.train: %s (%s)", where, why)
+    return module

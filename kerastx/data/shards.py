@@ -100,6 +100,12 @@ def shards(cfg, fields: tuple[str, ...]) -> list[Shard]:
         raise DataError("data.train: streamed TFRecord corpora must name the same feature columns")
     for index, corpus in enumerate(cfg.data.train):
         where = f"data.train[{index}]"
+        if corpus.weight != 1.0 and len(cfg.data.train) > 1:
+            raise DataError(
+                f"{where}.weight: {corpus.weight}: streamed corpora are each read in full "
+                f"once an epoch, so weights other than 1 are not applied; set data.stream: "
+                f"memory to mix corpora by weight"
+            )
         if corpus.type not in STREAM_TYPES:
             raise DataError(
                 f"{where}: corpus type '{corpus.type}' is generated in memory and cannot be "

@@ -94,10 +94,13 @@ class Stream:
         shard_list: list of Shard (see `shards`).
         layout: dict. The family's batch layout (`Task.layout`).
         fields: tuple of str. The family's fields.
+        prepared: list of str or None. One TFRecord file per shard written by
+            `kerastx prepare` (token ids of every line): read instead of the text.
     """
 
-    def __init__(self, cfg, module, shard_list: list[Shard], layout: dict, fields):
+    def __init__(self, cfg, module, shard_list: list[Shard], layout: dict, fields, prepared=None):
         self.cfg = cfg
+        self.prepared = prepared
         self.module = module
         self.shards = shard_list
         self.layout = layout
@@ -151,6 +154,17 @@ class Stream:
                 lines = lines.shard(pipes, pipe)
             return lines.batch(CHUNK)
 
+        if self.prepared is not None:
+            prepared = tf.constant(self.prepared)
+
+            def read_prepared(file_id):
+                records = tf.data.TFRecordDataset(prepared[file_id])
+                if line_shard:  # a record is a chunk of lines: still disjoint and whole
+                    records = records.shard(pipes, pipe)
+                return records.map(self._parse_prepared)
+
+            return read_prepared
+
         def read(file_id):
             comp = compression[file_id]
             if kind == "tfrecord":
@@ -185,6 +199,45 @@ class Stream:
             return numbered(file_id, pairs)
 
         return read
+
+    def prepared_keys(self) -> list[str]:
+        """The features of a prepared record (one chunk of lines)."""
+        keys = ["file", "line", "example_id", "replaced", "source/values", "source/lengths"]
+        if "target" in self.fields and self.module.target_tokenizer is not None:
+            keys += ["target/values", "target/lengths"]
+        if "label" in self.fields and self.module.labels is not None:
+            keys.append("label")
+        if self.module.conditions is not None:
+            keys.append("condition")
+        return keys
+
+    def _parse_prepared(self, raw):
+        spec = {key: tf.io.RaggedFeature(tf.int64) for key in self.prepared_keys()}
+        return tf.io.parse_single_example(raw, spec)
+
+    def prepare_chunks(self, file_id: int) -> tf.data.Dataset:
+        """The chunks of one shard, checked and tokenized: what `kerastx prepare` writes."""
+        read = self._reader(1, 0)
+
+        def tokenize(chunk):
+            deps: list = []
+            tokens = self._tokenized(chunk, deps)
+            out = {k: chunk[k] for k in ("file", "line", "example_id")}
+            for key, value in tokens.items():
+                if isinstance(value, tf.RaggedTensor):
+                    out[key + "/values"] = tf.cast(value.flat_values, tf.int64)
+                    out[key + "/lengths"] = value.row_lengths()
+                else:
+                    out[key] = tf.cast(value, tf.int64)
+            with tf.control_dependencies(deps):
+                return {k: tf.identity(v) for k, v in out.items()}
+
+        calls = tf.data.AUTOTUNE
+        return (
+            read(tf.constant(file_id, tf.int64))
+            .map(tokenize, num_parallel_calls=calls, deterministic=True)
+            .prefetch(2)
+        )
 
     def _parse_records(self, raw):
         """A chunk of serialized tf.Examples -> the needed fields and a missing flag."""
@@ -260,32 +313,55 @@ class Stream:
         deps.append(_assert(ok, key, f, ln, 0))
         return tf.cast(ids, tf.int32)
 
-    def _process(self, chunk):
-        """A chunk of lines -> checked, tokenized examples with kept flags and counts."""
-        d = self.cfg.data
+    def _tokenized(self, chunk, deps: list) -> dict:
+        """A chunk of lines -> checked token ids (and tag ids) of every line.
+
+        Returns:
+            dict: "source" (and "target") ragged int32 tokens, "label"/"condition"
+            int32 ids where read, "replaced" int64 flags.
+        """
         m = self.module
-        deps: list = []
         if "line_text" in chunk:
             chunk = self._tsv_fields(chunk)
         if "missing" in chunk:
             ok, f, ln, v = _first_bad(chunk.pop("missing"), chunk)
             deps.append(_assert(ok, "feature", f, ln, 0))
-        out = {"example_id": chunk["example_id"]}
-        replaced = tf.zeros_like(chunk["line"])
-        src_text, rep = self._text_checks(chunk, "source", deps)
-        replaced = tf.maximum(replaced, rep)
+        out = {}
+        src_text, replaced = self._text_checks(chunk, "source", deps)
         with tf.control_dependencies(deps):
-            src = m.source_tokenizer.tokenize(src_text)
-        src_len = src.row_lengths()
-        empty = tf.equal(src_len, 0)
-        max_src, max_tgt = d.max_source_length, d.max_target_length
-        src_over = src_len + 1 > max_src
-        tgt = None
+            out["source"] = m.source_tokenizer.tokenize(src_text)
         if "target" in chunk and m.target_tokenizer is not None and "target" in self.fields:
             tgt_text, rep = self._text_checks(chunk, "target", deps)
             replaced = tf.maximum(replaced, rep)
             with tf.control_dependencies(deps):
-                tgt = m.target_tokenizer.tokenize(tgt_text)
+                out["target"] = m.target_tokenizer.tokenize(tgt_text)
+        if "label" in chunk and m.labels is not None:
+            out["label"] = self._tag_ids(chunk, "label", deps)
+        if "condition" in chunk and m.conditions is not None:
+            out["condition"] = self._tag_ids(chunk, "condition", deps)
+        out["replaced"] = replaced
+        return out
+
+    def _process(self, chunk):
+        """A chunk of lines (or prepared records) -> examples with kept flags and counts."""
+        deps: list = []
+        if self.prepared is not None:
+            tokens = _from_prepared(chunk)
+        else:
+            tokens = self._tokenized(chunk, deps)
+        return self._policy(chunk, tokens, deps)
+
+    def _policy(self, chunk, tokens: dict, deps: list) -> dict:
+        """Empty examples and the length policy, applied and counted (see `encode`)."""
+        d = self.cfg.data
+        src = tokens["source"]
+        tgt = tokens.get("target")
+        out = {"example_id": chunk["example_id"]}
+        src_len = src.row_lengths()
+        empty = tf.equal(src_len, 0)
+        max_src, max_tgt = d.max_source_length, d.max_target_length
+        src_over = src_len + 1 > max_src
+        if tgt is not None:
             tgt_len = tgt.row_lengths()
             tgt_empty = tf.equal(tgt_len, 0)
             tgt_over = (tgt_len + 1 > max_tgt) & ~empty & ~tgt_empty
@@ -309,10 +385,9 @@ class Stream:
         drop = over if d.length_policy == "drop" else tf.zeros_like(over)
         kept = ~empty & ~drop
         truncated = over & ~drop & ~empty
-        if "label" in chunk and m.labels is not None:
-            out["label"] = self._tag_ids(chunk, "label", deps)
-        if "condition" in chunk and m.conditions is not None:
-            out["condition"] = self._tag_ids(chunk, "condition", deps)
+        for key in ("label", "condition"):
+            if key in tokens:
+                out[key] = tokens[key]
         with tf.control_dependencies(deps):
             out["source"] = src[:, : max_src - 1]
             if tgt is not None:
@@ -324,7 +399,7 @@ class Stream:
                 tf.cast(drop & ~empty, i64),
                 tf.cast(empty, i64),
                 tf.cast(truncated, i64),
-                replaced,
+                tokens["replaced"],
             ],
             axis=1,
         )
@@ -482,9 +557,7 @@ class Stream:
         # The graph's only state outside the iterator is the tokenizers' and tag
         # vocabularies' lookup tables (fixed once built) and the checks' assertions;
         # the iterator checkpoint would refuse them ("is stateful") under the default.
-        options.experimental_external_state_policy = (
-            tf.data.experimental.ExternalStatePolicy.IGNORE
-        )
+        options.experimental_external_state_policy = tf.data.experimental.ExternalStatePolicy.IGNORE
         return ds.prefetch(2).with_options(options)
 
     # -- errors ----------------------------------------------------------------------
@@ -586,6 +659,21 @@ def _batch_slices(emit: dict) -> tf.data.Dataset:
     return tf.data.Dataset.from_tensor_slices(
         {"rows": per_batch, "key": emit["keys"], "counts": emit["counts"]}
     )
+
+
+def _from_prepared(chunk: dict) -> dict:
+    """The token dict of `Stream._tokenized` from a parsed prepared record."""
+    out = {"replaced": chunk["replaced"]}
+    for key in ("source", "target"):
+        if key + "/values" in chunk:
+            values = tf.cast(chunk[key + "/values"], tf.int32)
+            out[key] = tf.RaggedTensor.from_row_lengths(
+                values, chunk[key + "/lengths"], validate=False
+            )
+    for key in ("label", "condition"):
+        if key in chunk:
+            out[key] = tf.cast(chunk[key], tf.int32)
+    return out
 
 
 def _mix(seed: int, epoch) -> tf.Tensor:

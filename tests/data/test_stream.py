@@ -316,3 +316,42 @@ def test_vocabulary_from_a_bounded_sample_is_recorded(make_cfg, tmp_path):
         manifest = json.load(f)
     # 30 examples over 3 shards: the first 10 lines of each
     assert manifest["sample"] == {"data.vocab_sample": 30, "files": 3, "examples": 30}
+
+
+def _ids_and_rows(batches):
+    return [(b["example_id"].tolist(), b["source_ids"].tolist()) for b in batches]
+
+
+def test_prepared_shards_give_the_same_batches_and_resume(make_cfg, tmp_path):
+    from kerastx.data import prepare, prepared
+
+    cfg = _cfg(make_cfg, tmp_path)
+    text = _ids_and_rows(_epoch(build_data(cfg).stream_dataset(1)))
+    out = prepare.prepare(cfg)
+    assert (out["shards"], out["written"], out["examples"]) == (3, 3, 701)
+    data = build_data(cfg)
+    assert data.prepared == [prepared.shard_path(cfg.run_dir, i) for i in range(3)]
+    assert _ids_and_rows(_epoch(data.stream_dataset(1))) == text
+    # Resumable: a shard that is gone is made again, the others are kept.
+    first = prepared.shard_path(cfg.run_dir, 0)
+    os.remove(prepared.shard_path(cfg.run_dir, 1))
+    manifest = prepared.read_manifest(cfg.run_dir)
+    prepared.write_manifest(cfg.run_dir, {**manifest, "done": [0, 2]})
+    with pytest.raises(DataError, match=r"incomplete \(2 of 3 shards prepared\)"):
+        build_data(cfg)
+    before = os.stat(first).st_mtime_ns
+    out = prepare.prepare(cfg)
+    assert (out["written"], out["kept"]) == (1, 2)
+    assert os.stat(first).st_mtime_ns == before
+    assert _ids_and_rows(_epoch(build_data(cfg).stream_dataset(1))) == text
+
+
+def test_prepared_shards_of_changed_inputs_are_refused(make_cfg, tmp_path):
+    from kerastx.data import prepare
+
+    cfg = _cfg(make_cfg, tmp_path)
+    prepare.prepare(cfg)
+    path = tmp_path / "part-1.src"
+    path.write_text(path.read_text() + "a b\n")
+    with pytest.raises(DataError, match=r"prepared from other data \(.*part-1.src changed since"):
+        build_data(cfg)
