@@ -15,7 +15,7 @@ PORT   ?= 6006
 PYTEST_ARGS ?=
 
 .PHONY: install train test lint format evaluate predict export tensorboard validate \
-        schema bench clean distclean help
+        schema bench prepare clean distclean help
 
 help:
 	@sed -n '1,5p' Makefile
@@ -64,6 +64,10 @@ schema: install
 
 bench: install
 	$(KTX) bench
+
+# Tokenize the training corpora once into run_dir/prepared/ (optional; resumable).
+prepare: install
+	$(KTX) prepare $(EXP) $(SETS)
 
 clean:
 	rm -rf runs bench .pytest_cache .ruff_cache build *.egg-info
