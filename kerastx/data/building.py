@@ -211,7 +211,9 @@ def load_train_corpora(cfg) -> list[sources.RawCorpus]:
 
 
 def build_vocabularies(
-    cfg, load_train: Callable[[], list[sources.RawCorpus]] | None = None, note: dict | None = None
+    cfg,
+    load_train: Callable[[], list[sources.RawCorpus]] | None = None,
+    note: Callable[[], dict] | None = None,
 ) -> dict[str, str]:
     """Builds the missing vocabularies of an experiment and checks the existing ones.
 
@@ -222,9 +224,10 @@ def build_vocabularies(
         cfg: ExperimentConfig.
         load_train: callable returning the training corpora (to share one read with the
             caller); defaults to reading them here, only if something must be built.
-        note: dict or None. What the files are built from when that is not the whole
-            training data (streamed corpora: the sample's size); recorded in the
-            manifest under "sample" with the examples read, when something is built.
+        note: callable returning a dict, or None. What the files are built from when
+            that is not the whole training data (streamed corpora: the sample's size);
+            recorded in the manifest under "sample" with the examples read, when
+            something is built.
 
     Returns:
         dict: "source", "target" (seq2seq; the same path with shared_vocab), "labels"
@@ -283,6 +286,6 @@ def build_vocabularies(
             changed = True
     if changed:
         if note is not None:
-            manifest["sample"] = {**note, "examples": sum(len(c) for c in corpora)}
+            manifest["sample"] = {**note(), "examples": sum(len(c) for c in corpora)}
         _write_manifest(vocab_dir, manifest)
     return {side: path for side, (path, _, _) in plan.items()}

@@ -27,10 +27,14 @@ class DataModule:
         paths: dict from `build_vocabularies`.
         raw_train: list of RawCorpus or None. Training corpora already read.
         raw_eval: dict or None. "dev"/"test" -> RawCorpus already read.
-        stream_shards: list of `shards.Shard` or None. The files of streamed training
-            corpora (`data.stream`); then `raw_train` is the vocabulary sample, which
-            `train_corpora()` and `report()` describe, and training reads
-            `stream_dataset`.
+        streamed: bool. The training corpora are streamed (`data.stream`): training reads
+            `stream_dataset`, and `train_corpora()` and `report()` describe the
+            vocabulary sample (`raw_train` when already read).
+        list_shards: callable or None. Returns the streamed files (`shards.shards`);
+            called on first use, so evaluating or exporting a run needs no training
+            file.
+        why: str. Why the corpora are streamed or not (for the log).
+        use_prepared: bool. Read `kerastx prepare`d shards when the run has them.
 
     Attributes:
         source_tokenizer: Tokenizer. Source side (the text of LMs and classifiers).
@@ -43,7 +47,17 @@ class DataModule:
         streamed: bool. Training corpora are streamed from their files.
     """
 
-    def __init__(self, cfg, paths: dict, raw_train=None, raw_eval=None, stream_shards=None):
+    def __init__(
+        self,
+        cfg,
+        paths: dict,
+        raw_train=None,
+        raw_eval=None,
+        streamed: bool = False,
+        list_shards=None,
+        why: str = "",
+        use_prepared: bool = True,
+    ):
         self.cfg = cfg
         self.model_type = cfg.model.type
         self.task = tasks.get(cfg.model.type)  # the family's facts: fields, batch layout
@@ -82,10 +96,20 @@ class DataModule:
         self._train: list[encode.Encoded] | None = None
         self._eval: dict[str, tuple[sources.RawCorpus, encode.Encoded]] = {}
         self._store: pipeline.Store | None = None
-        self.stream_shards = stream_shards
-        self.streamed = stream_shards is not None
+        self.streamed = streamed
+        self._list_shards = list_shards
+        self._shards = None
+        self._why = why
+        self._use_prepared = use_prepared
         self.prepared: list[str] | None = None  # `kerastx prepare`d shards, when read
         self._stream = None
+
+    @property
+    def stream_shards(self):
+        """The streamed training files (`shards.Shard`s), listed and checked once."""
+        if self._shards is None and self._list_shards is not None:
+            self._shards = self._list_shards()
+        return self._shards
 
     # -- loading -------------------------------------------------------------------------
 
@@ -96,7 +120,9 @@ class DataModule:
         """The training corpora, tokenized, after the length policy (read once)."""
         if self._train is None:
             raw = self._raw_train
-            if raw is None:
+            if raw is None and self.streamed:
+                raw = shards.sample(self.cfg, self.task.fields, self.stream_shards)
+            elif raw is None:
                 raw = building.load_train_corpora(self.cfg)
             d = self.cfg.data
             self._train = [
@@ -186,6 +212,15 @@ class DataModule:
         if not self.streamed:
             raise ValueError("stream_dataset: the training corpora are read in memory")
         if self._stream is None:
+            from kerastx.data import prepared
+
+            if self._use_prepared:
+                self.prepared = prepared.prepared_paths(self.cfg, self)
+            if self.prepared:
+                where = f"{len(self.prepared)} prepared shards in {prepared.PREPARED_DIR}/"
+            else:
+                where = shards.describe(self.stream_shards)
+            logger.info("data.train: streamed from %s (%s)", where, self._why)
             self._stream = stream.Stream(
                 self.cfg,
                 self,
@@ -405,12 +440,17 @@ def build_data(cfg, read_first: bool = False, use_prepared: bool = True) -> Data
     streamed, why = shards.choose(cfg)
     if not streamed and use_prepared and prepare.has_prepared(cfg.run_dir):
         streamed, why = True, f"{why}, but the run has prepared shards (kerastx prepare)"
-    stream_shards = shards.shards(cfg, fields) if streamed else None
+    listed: list = []
+
+    def list_shards():
+        if not listed:
+            listed.append(shards.shards(cfg, fields))
+        return listed[0]
 
     def load_train():
         if "train" not in cache:
             if streamed:
-                cache["train"] = shards.sample(cfg, fields, stream_shards)
+                cache["train"] = shards.sample(cfg, fields, list_shards())
             else:
                 cache["train"] = building.load_train_corpora(cfg)
         return cache["train"]
@@ -424,20 +464,20 @@ def build_data(cfg, read_first: bool = False, use_prepared: bool = True) -> Data
                 raw_eval[split] = sources.load_corpus(corpus, split, 0, fields, cfg.data, cfg.seed)
     note = None
     if streamed:
-        note = {"data.vocab_sample": cfg.data.vocab_sample, "files": len(stream_shards)}
+
+        def note():
+            return {"data.vocab_sample": cfg.data.vocab_sample, "files": len(list_shards())}
+
     paths = building.build_vocabularies(cfg, load_train, note=note)
-    if streamed and "train" not in cache:
-        load_train()  # the sample stands for the training data in report() and data-stats
-    module = DataModule(
-        cfg, paths, raw_train=cache.get("train"), raw_eval=raw_eval, stream_shards=stream_shards
-    )
-    if streamed and use_prepared:
-        module.prepared = prepare.prepared_paths(cfg, module)
     if not streamed:
-        where = "read into memory"
-    elif module.prepared:
-        where = f"streamed from {len(module.prepared)} prepared shards in {prepare.PREPARED_DIR}/"
-    else:
-        where = f"streamed from {shards.describe(stream_shards)}"
-    logger.info("data.train: %s (%s)", where, why)
-    return module
+        logger.info("data.train: read into memory (%s)", why)
+    return DataModule(
+        cfg,
+        paths,
+        raw_train=cache.get("train"),
+        raw_eval=raw_eval,
+        streamed=streamed,
+        list_shards=list_shards if streamed else None,
+        why=why,
+        use_prepared=use_prepared,
+    )

@@ -214,7 +214,11 @@ def total_bytes(cfg) -> tuple[int, int]:
         for pattern in corpus_paths(corpus, cfg.data):
             if pattern is None:
                 continue
-            for path in textio.expand(pattern):
+            try:
+                paths = textio.expand(pattern)
+            except DataError:  # no file matches: listed (and refused) when streaming
+                continue
+            for path in paths:
                 if os.path.isfile(path):
                     size += os.path.getsize(path)
                     files += 1

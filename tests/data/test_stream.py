@@ -330,15 +330,16 @@ def test_prepared_shards_give_the_same_batches_and_resume(make_cfg, tmp_path):
     out = prepare.prepare(cfg)
     assert (out["shards"], out["written"], out["examples"]) == (3, 3, 701)
     data = build_data(cfg)
+    dataset = data.stream_dataset(1)  # checks and picks the prepared shards
     assert data.prepared == [prepared.shard_path(cfg.run_dir, i) for i in range(3)]
-    assert _ids_and_rows(_epoch(data.stream_dataset(1))) == text
+    assert _ids_and_rows(_epoch(dataset)) == text
     # Resumable: a shard that is gone is made again, the others are kept.
     first = prepared.shard_path(cfg.run_dir, 0)
     os.remove(prepared.shard_path(cfg.run_dir, 1))
     manifest = prepared.read_manifest(cfg.run_dir)
     prepared.write_manifest(cfg.run_dir, {**manifest, "done": [0, 2]})
     with pytest.raises(DataError, match=r"incomplete \(2 of 3 shards prepared\)"):
-        build_data(cfg)
+        build_data(cfg).stream_dataset(1)
     before = os.stat(first).st_mtime_ns
     out = prepare.prepare(cfg)
     assert (out["written"], out["kept"]) == (1, 2)
@@ -354,4 +355,25 @@ def test_prepared_shards_of_changed_inputs_are_refused(make_cfg, tmp_path):
     path = tmp_path / "part-1.src"
     path.write_text(path.read_text() + "a b\n")
     with pytest.raises(DataError, match=r"prepared from other data \(.*part-1.src changed since"):
-        build_data(cfg)
+        build_data(cfg).stream_dataset(1)
+
+
+def test_a_streamed_run_needs_no_training_file_after_its_vocabularies(make_cfg, tmp_path):
+    """Evaluate, predict and export build the data module: only its vocabularies."""
+    src = tmp_path / "dev.src"
+    src.write_text("a b\nc d\n")
+    (tmp_path / "dev.tgt").write_text("b a\nd c\n")
+    cfg = _cfg(
+        make_cfg,
+        tmp_path,
+        name="run2",
+        dev={"type": "parallel", "source": str(src), "target": str(tmp_path / "dev.tgt")},
+    )
+    build_data(cfg)  # builds the vocabularies from the sample
+    for path in tmp_path.glob("part-*"):
+        path.unlink()
+    data = build_data(cfg)
+    assert data.streamed
+    assert len(list(data.eval_dataset("dev", 8))) == 1
+    with pytest.raises(DataError, match="no file matches this pattern"):
+        data.stream_dataset(1)
