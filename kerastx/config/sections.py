@@ -205,7 +205,7 @@ class DataConfig:
         "auto",
         doc="how training corpora are read: memory (read and tokenized once, in RAM), "
         "stream (read, tokenized and batched by tf.data from the files, memory flat in "
-        "corpus size), or auto (stream when the training files exceed 64 MiB on disk)",
+        "corpus size), or auto (stream when the training files exceed 32 MiB on disk)",
         choices=("auto", "memory", "stream"),
     )
     service: str | None = option(

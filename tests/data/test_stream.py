@@ -293,7 +293,7 @@ def test_tsv_corpus_for_a_classifier(make_cfg, tmp_path):
 def test_auto_reads_small_corpora_in_memory_and_says_why(make_cfg, tmp_path):
     cfg = _cfg(make_cfg, tmp_path, mode="auto")
     streamed, why = shards.choose(cfg)
-    assert not streamed and why.startswith("data.stream: auto; 6 files,") and "<= 64 MiB" in why
+    assert not streamed and why.startswith("data.stream: auto; 6 files,") and "<= 32 MiB" in why
 
 
 def test_synthetic_corpora_cannot_be_streamed(make_cfg):
