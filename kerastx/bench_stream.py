@@ -103,15 +103,40 @@ def first_step(directory: str, mode: str = "stream", steps: int = 30) -> dict:
         }
 
 
-def pipeline(directory: str, seconds: float = 10.0) -> dict:
-    """The streamed pipeline alone: examples/s and non-pad tokens/s (one replica)."""
+SENTENCEPIECE = [
+    "data.source_tokenizer.type=sentencepiece",
+    "data.target_tokenizer.type=sentencepiece",
+    "data.shared_vocab=true",
+    "data.source_tokenizer.vocab_size=8000",
+    "data.target_tokenizer.vocab_size=8000",
+    "model.share_embeddings=all",
+    "data.vocab_sample=200000",
+]
+
+
+def pipeline(
+    directory: str, seconds: float = 10.0, tokenizer: str = "chars", prepared: bool = False
+) -> dict:
+    """The streamed pipeline alone: examples/s and non-pad tokens/s (one replica).
+
+    Args:
+        directory: str. A generated corpus.
+        seconds: float. How long to read after the warm-up.
+        tokenizer: str. "chars" (the benchmark's) or "sentencepiece" (8k, shared).
+        prepared: bool. Read shards made by `kerastx prepare` first (its time reported).
+    """
     import numpy as np
 
     from kerastx.config import load_experiment
     from kerastx.data import build_data
+    from kerastx.data import prepare as prepare_lib
 
     with tempfile.TemporaryDirectory() as tmp:
-        cfg, _ = load_experiment(["experiments/bench_g2p.yaml"], overrides(directory, tmp))
+        extra = SENTENCEPIECE if tokenizer == "sentencepiece" else []
+        cfg, _ = load_experiment(["experiments/bench_g2p.yaml"], overrides(directory, tmp) + extra)
+        prepare_s = None
+        if prepared:
+            prepare_s = prepare_lib.prepare(cfg)["seconds"]
         t0 = time.perf_counter()
         module = build_data(cfg)
         setup = time.perf_counter() - t0
@@ -132,6 +157,9 @@ def pipeline(directory: str, seconds: float = 10.0) -> dict:
             batches += 1
         elapsed = time.perf_counter() - start
     return {
+        "tokenizer": tokenizer,
+        "prepared": prepared,
+        "prepare_s": prepare_s,
         "setup_s": setup,
         "first_batch_s": first_batch,
         "examples_per_s": examples / elapsed,
@@ -235,6 +263,15 @@ def bench(quick: bool) -> dict:
         out["pipeline"][name] = bench_process.run_isolated(
             "bench_stream", f"pipeline({directory!r}, {3.0 if quick else 10.0})", "pipeline"
         )
+    one = ensure_corpus("1m")
+    seconds = 3.0 if quick else 10.0
+    for label, args in (
+        ("1m sentencepiece", "'sentencepiece'"),
+        ("1m prepared", "'chars', prepared=True"),
+    ):
+        out["pipeline"][label] = bench_process.run_isolated(
+            "bench_stream", f"pipeline({one!r}, {seconds}, {args})", f"pipeline {label}"
+        )
     deepest = names[-1]
     out["resume"] = resume(ensure_corpus(deepest), 200_000 if quick else 2_000_000)
     out["resume"]["corpus"] = deepest
@@ -257,6 +294,14 @@ def format_section(results: dict) -> list[str]:
                 f"  {name:<6} {row['mode']:<7} {row['first_step_s']:>12.1f} "
                 f"{row['peak_rss_bytes'] / 1e9:>12.2f} {rate:>14} {tokens:>10}"
             )
+    for label, pipe in results["pipeline"].items():
+        if label in results["first_step"]:
+            continue
+        prepared = f" (prepare {pipe['prepare_s']:.0f} s)" if pipe.get("prepared") else ""
+        lines.append(
+            f"  {label:<22} pipeline {pipe['examples_per_s']:>9,.0f} ex/s "
+            f"{pipe['nonpad_tokens_per_s']:>11,.0f} tokens/s{prepared}"
+        )
     r = results["resume"]
     lines.append(
         f"  resume at {r['depth_examples']:,} examples of {r['corpus']}: state "
