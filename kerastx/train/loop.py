@@ -332,19 +332,23 @@ class Trainer:
             NonFiniteLoss: NaN/Inf loss under the `fail` policy or too many rollbacks.
             OutOfMemory: a step or the dev evaluation ran out of memory.
         """
-        self._restore_or_init()
-        done = self.completion()
-        if done:
-            if self.chief:
-                log.info("%s: %s", self.cfg.run_dir, done)
-            return {"step": self.step, "eval": {}, "complete": done}
-        with runtime.op_determinism(self.cfg.training.deterministic), self._session() as run:
-            if self.restored_from:
-                run.progress.message(f"resumed from {self.restored_from} at step {self.step}")
-            try:
-                self._train(run)
-            except _Stop as stop:
-                run.last_eval = stop.results
+        # Op determinism from the restore on: a streamed input's iterator is made (and
+        # its state read) there, and TensorFlow builds a dataset's graph differently
+        # under determinism, so a state saved inside it reads only inside it.
+        with runtime.op_determinism(self.cfg.training.deterministic):
+            self._restore_or_init()
+            done = self.completion()
+            if done:
+                if self.chief:
+                    log.info("%s: %s", self.cfg.run_dir, done)
+                return {"step": self.step, "eval": {}, "complete": done}
+            with self._session() as run:
+                if self.restored_from:
+                    run.progress.message(f"resumed from {self.restored_from} at step {self.step}")
+                try:
+                    self._train(run)
+                except _Stop as stop:
+                    run.last_eval = stop.results
         run.progress.message(f"done at step {self.step}")
         return {"step": self.step, "eval": run.last_eval, "complete": None}
 

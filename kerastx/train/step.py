@@ -157,15 +157,24 @@ class StepBuilder:
             with n=1; `traced`: this call traced (compiled) the step, so its time is
             not the step's.
         """
+        host = getattr(iterator, "fetch_local", None) is not None  # streamed corpora
         if self._probe_fn is None:
-            if iterator.element_spec is None:  # a host iterator (streamed corpora)
-                self._probe_fn = tf.function(self._probe, reduce_retracing=True)
+            if host:
+                # Local batches in, dealt to the replicas inside (train/stream_input).
+                local = tuple(iterator.local_spec for _ in range(iterator.local))
+                spec = tuple(local for _ in range(self.accumulation))
+
+                def probe_dealt(batches):
+                    return self._probe(tuple(iterator.deal(b) for b in batches))
+
+                self._probe_fn = tf.function(probe_dealt, input_signature=[spec])
             else:
                 spec = tuple(iterator.element_spec for _ in range(self.accumulation))
                 self._probe_fn = tf.function(self._probe, input_signature=[spec])
         traces = self._probe_fn.experimental_get_tracing_count()
         t0 = time.perf_counter()
-        batches = tuple(iterator.get_next() for _ in range(self.accumulation))
+        fetch = iterator.fetch_local if host else iterator.get_next
+        batches = tuple(fetch() for _ in range(self.accumulation))
         t1 = time.perf_counter()
         stats = {k: v.numpy()[None] for k, v in self._probe_fn(batches).items()}
         traced = self._probe_fn.experimental_get_tracing_count() != traces

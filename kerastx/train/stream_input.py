@@ -27,6 +27,7 @@ import re
 import tensorflow as tf
 
 from kerastx.config.rundir import CHECKPOINT_DIR
+from kerastx.data import service
 from kerastx.train.checkpoints import UnreadableCheckpointError
 from kerastx.train.strategy import worker_index
 
@@ -49,21 +50,34 @@ class HostIterator:
         local_replicas: int. Replicas of this worker.
     """
 
-    element_spec = None  # the step's probe traces without an input signature
+    element_spec = None  # not a distributed iterator: see `local_spec` and `deal`
 
     def __init__(self, dataset: tf.data.Dataset, strategy, local_replicas: int):
         self.iterator = iter(dataset)
         self.strategy = strategy
         self.local = local_replicas
+        # One replica's batch with every dimension free: the input signature of the
+        # step's probe, so it is traced once whatever shapes come first (a graph traced
+        # for other shapes may differ in the last bit, which broke bit-exact resume).
+        self.local_spec = tf.nest.map_structure(
+            lambda s: tf.TensorSpec([None] * s.shape.rank, s.dtype), dataset.element_spec
+        )
 
-    def get_next(self):
-        batches = [self.iterator.get_next() for _ in range(self.local)]
+    def fetch_local(self) -> tuple:
+        """The next per-replica batches of this worker (eagerly), one per local replica."""
+        return tuple(self.iterator.get_next() for _ in range(self.local))
+
+    def deal(self, batches: tuple):
+        """The local replicas' batches as one distributed value (replica r gets r)."""
         if self.strategy.num_replicas_in_sync == 1:
             return batches[0]
         local = self.local
         return self.strategy.experimental_distribute_values_from_function(
             lambda ctx: batches[ctx.replica_id_in_sync_group % local]
         )
+
+    def get_next(self):
+        return self.deal(self.fetch_local())
 
     def __next__(self):
         return self.get_next()
@@ -96,6 +110,10 @@ class StreamInput:
             dataset = self.data.stream_dataset(
                 self.strategy.num_replicas_in_sync, self.workers, self.worker
             )
+            if self.data.cfg.data.service:  # read by a tf.data service (its position saved)
+                cfg = self.data.cfg
+                job = service.job_name(cfg.run_dir, self.worker)
+                dataset = service.distribute(dataset, cfg.data.service, job)
             with tf.device("/cpu:0"):
                 self._iterator = HostIterator(dataset, self.strategy, self.local)
         return self._iterator
