@@ -134,6 +134,11 @@ def format_stats(stats: dict) -> str:
     vocab = ", ".join(f"{k} {v}" for k, v in stats["vocabulary"].items())
     lines.append(f"vocabulary sizes: {vocab}")
     for split, counts in stats["counts"].items():
+        if counts.get("sample_of_streamed"):
+            lines.append(
+                f"train is streamed from {counts['sample_of_streamed']}; the figures below "
+                f"are its vocabulary sample's (data.vocab_sample)"
+            )
         lines.append(
             f"{split}: {counts['examples']} examples, {counts['kept']} kept, "
             f"{counts['dropped']} dropped, {counts['truncated']} truncated, "
