@@ -306,6 +306,21 @@ def _cmd_launch(args):
     return launch.run(args.experiment, args.overrides, workers=args.workers)
 
 
+def _cmd_data_service(args):
+    _import_tensorflow(_VERBOSE)
+    from kerastx.data import service
+
+    return service.run(
+        args.worker,
+        args.port,
+        host=args.host,
+        workers=args.workers,
+        worker_port_base=args.worker_port_base,
+        dispatcher=args.dispatcher,
+        verbose=_VERBOSE,
+    )
+
+
 def _cmd_bench(args):
     _import_tensorflow(_VERBOSE)
     from kerastx import bench
@@ -402,6 +417,27 @@ def build_parser() -> argparse.ArgumentParser:
     p = verbs.add_parser("data-stats", help="counts, lengths, OOV rate, padding of the data")
     _experiment_args(p)
     p.set_defaults(func=_cmd_data_stats)
+
+    p = verbs.add_parser(
+        "data-service",
+        help="serve streamed training data (a tf.data service) until SIGTERM or Ctrl-C",
+    )
+    p.add_argument("--port", type=int, default=0, help="port to serve on (default: a free one)")
+    p.add_argument("--host", default="localhost", help="the name others reach this machine by")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes to start here (a trainer reads from a dispatcher with one)",
+    )
+    p.add_argument(
+        "--worker-port-base", type=int, default=0, help="worker i serves on this port + i"
+    )
+    p.add_argument(
+        "--worker", action="store_true", help="run one worker of the dispatcher --dispatcher"
+    )
+    p.add_argument("--dispatcher", help="with --worker: the dispatcher, grpc://HOST:PORT")
+    p.set_defaults(func=_cmd_data_service)
 
     p = verbs.add_parser("bench", help="speed benchmarks: prints a table, writes JSON")
     p.add_argument("--quick", action="store_true", help="fewer steps (a smoke run)")
