@@ -190,6 +190,68 @@ CASES = [_config_case(c) for c in CONFIG_CASES] + [
         ],
         files={"exp.yaml": EXP, "src.txt": SOURCES, "tgt.txt": _lines(PAIRS[:7])},
     ),
+    # -- streamed corpora (data.stream: stream): the same lines, found while training --
+    Case(
+        "stream_lines_not_aligned",
+        ["train", "exp.yaml", "--set", "data.stream=stream", "--set", "data.vocab_sample=2"],
+        2,
+        [
+            "kerastx train: error: src.txt: 8 lines but tgt.txt: 7 lines; "
+            "source and target files must be line-aligned"
+        ],
+        files={"exp.yaml": EXP, "src.txt": SOURCES, "tgt.txt": _lines(PAIRS[:7])},
+    ),
+    Case(
+        "stream_nul_byte_past_the_sample",
+        ["train", "exp.yaml", "--set", "data.stream=stream", "--set", "data.vocab_sample=2"],
+        2,
+        ["kerastx train: error: src.txt:6: NUL byte at column 2; is this a binary file?"],
+        files=_exp() | {"src.txt": SOURCES.replace("emu", "e\0mu")},
+    ),
+    Case(
+        "stream_shard_globs_differ",
+        ["train", "exp.yaml", "--set", "data.stream=stream"],
+        2,
+        [
+            "kerastx train: error: data.train[0]: source s*.txt names 2 files but target "
+            "t*.txt names 1; parallel shards pair up in sorted order"
+        ],
+        files={
+            "exp.yaml": EXP.replace("source: src.txt", "source: s*.txt").replace(
+                "target: tgt.txt", "target: t*.txt"
+            ),
+            "s1.txt": SOURCES,
+            "s2.txt": SOURCES,
+            "t1.txt": TARGETS,
+        },
+    ),
+    Case(
+        "stream_weights",
+        ["train", "exp.yaml", "--set", "data.stream=stream"],
+        2,
+        [
+            "kerastx train: error: data.train[0].weight: 2.0: streamed corpora are each read "
+            "in full once an epoch, so weights other than 1 are not applied; set data.stream: "
+            "memory to mix corpora by weight"
+        ],
+        files=_exp()
+        | {
+            "exp.yaml": EXP.replace(
+                "      target: tgt.txt\n",
+                "      target: tgt.txt\n      weight: 2\n"
+                "    - type: parallel\n      source: src.txt\n      target: tgt.txt\n",
+            )
+        },
+    ),
+    Case(
+        "stream_synthetic",
+        ["train", COPY_TASK, "--set", "data.stream=stream", "--set", "run_dir=run"],
+        2,
+        [
+            "kerastx train: error: data.train[0]: corpus type 'synthetic' is generated in "
+            "memory and cannot be streamed; set data.stream: memory (or auto)"
+        ],
+    ),
     Case(
         "data_invalid_utf8",
         ["data-stats", "exp.yaml"],
