@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import re
 from typing import TYPE_CHECKING
 
 from kerastx import metrics, tasks
@@ -255,6 +256,21 @@ def _check_data(c: _Checker, cfg: ExperimentConfig, task) -> None:
             corpus = getattr(d, split)
             if corpus is not None:
                 _check_corpus(c, corpus, ("data", split), task)
+    with c.rule():
+        if d.service is not None:
+            if not re.fullmatch(r"(grpc://)?[^\s:/]+:\d{1,5}", d.service):
+                c.fail(
+                    ("data", "service"),
+                    f"{d.service!r} is not a dispatcher address; write it as "
+                    f"grpc://host:port (see `kerastx data-service`)",
+                )
+            elif d.stream == "memory":
+                c.fail(
+                    ("data", "service"),
+                    "a tf.data service feeds streamed corpora only; set data.stream: stream "
+                    "(or auto), or leave data.service out",
+                    ("data", "stream"),
+                )
 
 
 def _check_training(c: _Checker, cfg: ExperimentConfig) -> None:

@@ -236,7 +236,12 @@ class DataModule:
         """The DataError a failed streamed-input check raised inside a step, or None."""
         if self._stream is None:
             return None
-        return self._stream.error_from(err)
+        problem = self._stream.error_from(err)
+        if problem is None and self.cfg.data.service:
+            from kerastx.data import service
+
+            problem = service.error_from(err)
+        return problem
 
     def batch_lengths(self, corpora: list[encode.Encoded]) -> np.ndarray:
         """Batching length of each example: max of the sides' model lengths."""

@@ -100,6 +100,20 @@ class ServiceError(KerastxError):
 # -- addresses and probes --------------------------------------------------------------
 
 
+ORDER_MARK = "kerastx-service-order:"
+
+
+def error_from(err: BaseException):
+    """The one-line DataError of the order check (see `ServiceIterator.get_next`), or None."""
+    message = getattr(err, "message", None) or str(err)
+    at = message.find(ORDER_MARK)
+    if at < 0:
+        return None
+    text = " ".join(message[at + len(ORDER_MARK) :].split())
+    text = text.replace("] [", " ").replace("[", "").replace("]", "").strip(" '\"")
+    return DataError(text[:400])
+
+
 def parse_address(address: str, key: str = "data.service") -> tuple[str, int]:
     """`grpc://host:port` -> (host, port).
 
@@ -319,9 +333,10 @@ class ServiceIterator(tf.Module):
             follows,
             [
                 tf.constant(
-                    f"the tf.data service at {self._reader.stream.address} sent a batch out "
-                    f"of the stream's order (a second worker, or a worker restarted; serve "
-                    f"one worker and resume): last (epoch, index), then the one received:"
+                    f"{ORDER_MARK} the tf.data service at {self._reader.stream.address} sent "
+                    f"a batch out of the stream's order (a second worker, or a worker "
+                    f"restarted; serve one worker and resume): last (epoch, index), then the "
+                    f"one received:"
                 ),
                 last_epoch,
                 last_index,

@@ -240,6 +240,8 @@ def choose(cfg) -> tuple[bool, str]:
     mode = cfg.data.stream
     if mode != "auto":
         return mode == "stream", f"data.stream: {mode}"
+    if cfg.data.service:
+        return True, "data.stream: auto; data.service feeds streamed corpora"
     if any(c.type not in STREAM_TYPES for c in cfg.data.train):
         return False, "data.stream: auto; a generated (synthetic) corpus is read in memory"
     size, files = total_bytes(cfg)

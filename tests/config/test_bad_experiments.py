@@ -29,6 +29,24 @@ BOMB = (
 # (case id, YAML text (the file is written as bad.yaml), overrides, expected error lines)
 CASES = [
     (
+        "data_service_not_an_address",
+        DATA + "  service: localhost\n",
+        [],
+        [
+            "bad.yaml:4: data.service: 'localhost' is not a dispatcher address; write it as "
+            "grpc://host:port (see `kerastx data-service`)"
+        ],
+    ),
+    (
+        "data_service_with_memory_corpora",
+        DATA + "  service: grpc://localhost:5000\n  stream: memory\n",
+        [],
+        [
+            "bad.yaml:4: data.service: a tf.data service feeds streamed corpora only; set "
+            "data.stream: stream (or auto), or leave data.service out"
+        ],
+    ),
+    (
         "unknown_key_with_suggestion",
         DATA + "model:\n  num_encoder_layer: 4\n",
         [],
