@@ -18,7 +18,9 @@ import textwrap
 import pytest
 import yaml
 
-from tests.data.test_stream import _corpus
+from kerastx.config import load_experiment
+from kerastx.data import build_data
+from tests.data.test_stream import _corpus, _epoch
 
 pytestmark = pytest.mark.slow
 
@@ -168,3 +170,65 @@ def test_a_trainer_under_two_replicas_resumes_streamed_data_exactly(tmp_path):
     assert _train(exp, f"run_dir={parts}", "training.train_steps=18", *common)["step"] == 18
     assert _losses(parts) == _losses(whole)
     assert os.listdir(os.path.join(parts, "checkpoints", "data", "worker-0"))
+
+
+WORKER = textwrap.dedent("""
+    import json, sys
+    from kerastx.config import load_experiment
+    from kerastx.data import build_data
+    from kerastx.train.stream_input import StreamInput
+
+    class Resolver:  # what MultiWorkerMirroredStrategy's TF_CONFIG resolver says
+        task_type, task_id = "worker", int(sys.argv[2])
+        def cluster_spec(self):
+            class Spec:
+                def as_dict(self):
+                    return {"worker": ["localhost:1", "localhost:2"]}
+            return Spec()
+
+    class Strategy:  # two workers of one replica each
+        cluster_resolver = Resolver()
+        num_replicas_in_sync = 2
+
+    cfg, _ = load_experiment([sys.argv[1]])
+    source = StreamInput(build_data(cfg), Strategy(), cfg.run_dir)
+    assert (source.workers, source.worker, source.local) == (2, int(sys.argv[2]), 1)
+    host = source.iterator()
+    ids = []
+    while True:
+        (batch,) = host.fetch_local()
+        if int(batch["epoch"]) > 0:
+            break
+        ids += batch["example_id"].numpy().tolist()
+    print("RESULT " + json.dumps(ids))
+""")
+
+
+def test_two_worker_processes_read_an_epoch_exactly_once_together(tmp_path):
+    """Each worker process's StreamInput picks its own pipeline (its task index)."""
+    exp = _experiment(tmp_path)
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", WORKER, exp, str(k)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=root,
+        )
+        for k in range(2)
+    ]
+    parts = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=300)
+        lines = [line for line in out.splitlines() if line.startswith("RESULT ")]
+        assert lines, err[-3000:]
+        parts.append(json.loads(lines[0][len("RESULT ") :]))
+    one = build_data(load_experiment([exp], [f"run_dir={tmp_path / 'one'}"])[0])
+    kept = sorted(i for b in _epoch(one.stream_dataset(1)) for i in b["example_id"].tolist())
+    memory = build_data(
+        load_experiment([exp], ["data.stream=memory", f"run_dir={tmp_path / 'mem'}"])[0]
+    )
+    assert len(kept) == sum(len(c) for c in memory.train_corpora())
+    assert all(parts) and not set(parts[0]) & set(parts[1])
+    assert sorted(parts[0] + parts[1]) == kept
