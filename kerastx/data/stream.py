@@ -454,7 +454,8 @@ class Stream:
         c_sorted = tf.boolean_mask(cap, in_batch)
         batch_of = tf.boolean_mask(tf.gather(starts, bucket), in_batch) + p_sorted // c_sorted
         # Batch ids (unique per bucket and batch number), consecutive in sorted order.
-        is_first = tf.concat([[True], batch_of[1:] != batch_of[:-1]], axis=0)
+        # (Compared with the previous id, -1 before the first: no row, no batch.)
+        is_first = batch_of != tf.concat([[-1], batch_of], axis=0)[:-1]
         batch_index = tf.cumsum(tf.cast(is_first, tf.int64)) - 1
         num_batches = tf.reduce_sum(tf.cast(is_first, tf.int64))
         sizes = tf.math.bincount(batch_index, minlength=num_batches, dtype=tf.int64)
