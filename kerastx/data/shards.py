@@ -148,15 +148,7 @@ def reader_kind(kind: str) -> str:
     return "parallel" if kind == "cmudict" else kind
 
 
-def wanted_columns(corpus, fields) -> dict[str, str]:
-    columns = {"source": corpus.source_column}
-    if "target" in fields:
-        columns["target"] = corpus.target_column
-    if "label" in fields:
-        columns["label"] = corpus.label_column
-    if corpus.condition_column:
-        columns["condition"] = corpus.condition_column
-    return columns
+wanted_columns = sources.corpus_columns
 
 
 def _tsv_columns(path: str, corpus, fields) -> dict:

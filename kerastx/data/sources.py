@@ -89,14 +89,20 @@ def _parallel(src: str, tgt: str | None, policy: str) -> tuple:
     return s.lines, t.lines, s.where, s.replaced + t.replaced, t.where
 
 
-def _tsv(corpus, needs: tuple[str, ...], policy: str) -> dict:
+def corpus_columns(corpus, fields: tuple[str, ...]) -> dict[str, str]:
+    """field -> the TSV column (TFRecord feature) a corpus reads it from."""
     columns = {"source": corpus.source_column}
-    if "target" in needs:
+    if "target" in fields:
         columns["target"] = corpus.target_column
-    if "label" in needs:
+    if "label" in fields:
         columns["label"] = corpus.label_column
     if corpus.condition_column:
         columns["condition"] = corpus.condition_column
+    return columns
+
+
+def _tsv(corpus, needs: tuple[str, ...], policy: str) -> dict:
+    columns = corpus_columns(corpus, needs)
     out: dict = {key: [] for key in columns}
     files, replaced = [], 0
     for path in textio.expand(corpus.path):
@@ -145,13 +151,7 @@ def _feature_text(feature, key: str, role: str, where: str, policy: str) -> tupl
 def _tfrecord(corpus, needs: tuple[str, ...], policy: str) -> dict:
     import tensorflow as tf
 
-    columns = {"source": corpus.source_column}
-    if "target" in needs:
-        columns["target"] = corpus.target_column
-    if "label" in needs:
-        columns["label"] = corpus.label_column
-    if corpus.condition_column:
-        columns["condition"] = corpus.condition_column
+    columns = corpus_columns(corpus, needs)
     out: dict = {key: [] for key in columns}
     places: list[tuple[str, int, int]] = []
     replaced = 0

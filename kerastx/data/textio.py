@@ -66,25 +66,15 @@ def _line_col(data: bytes, pos: int) -> tuple[int, int]:
 
 def read_bytes(path: str) -> bytes:
     """The raw bytes of a data file; missing, unreadable and empty files are errors."""
-    if os.path.isdir(path):
-        raise DataError(f"{path}: is a directory, expected a file")
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
-    except OSError as err:
-        raise DataError(f"{path}: cannot read ({err.strerror})") from None
-    if not data:
-        raise DataError(f"{path}: file is empty")
-    return data
+    return read_bytes_head(path, -1)
 
 
 GZIP_MAGIC = b"\x1f\x8b"
 
 
 def read_bytes_head(path: str, count: int = 2) -> bytes:
-    """The first `count` bytes of a data file, with the checks of `read_bytes`."""
+    """The first `count` bytes of a data file (-1: all of it); missing, unreadable and
+    empty files are errors."""
     if os.path.isdir(path):
         raise DataError(f"{path}: is a directory, expected a file")
     try:
