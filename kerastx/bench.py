@@ -67,6 +67,22 @@ def bench_pipeline(quick: bool) -> dict:
         return measure_pipeline(cfg, seconds=2.0 if quick else 8.0)
 
 
+def training_overrides(train_steps: int, jit: bool) -> list[str]:
+    """What a training row changes in its experiment: no dev/test set, no evaluation,
+    export or checkpoint (the best checkpoint is chosen by loss: without a dev set the
+    experiment's own best_metric is refused)."""
+    return [
+        f"training.train_steps={train_steps}",
+        f"training.jit_compile={str(jit).lower()}",
+        "evaluation.every=0",
+        "evaluation.best_metric=loss",
+        "export.enabled=false",
+        "data.dev=null",
+        "data.test=null",
+        "training.checkpoint_every=1000000",
+    ]
+
+
 def bench_training(name: str, jit: bool, steps: int, warmup: int, windows: int = 4) -> dict:
     """Tokens/s and MFU of `windows` timed windows of `steps` training steps each, after
     `warmup` steps (tracing, XLA compilation of the most frequent batch shapes).
@@ -85,17 +101,7 @@ def bench_training(name: str, jit: bool, steps: int, warmup: int, windows: int =
         return max(measure_matmul_rate(seconds=0.3) for _ in range(2))
 
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = _cfg(
-            name,
-            tmp,
-            f"training.train_steps={warmup + steps * windows}",
-            f"training.jit_compile={str(jit).lower()}",
-            "evaluation.every=0",
-            "export.enabled=false",
-            "data.dev=null",
-            "data.test=null",
-            "training.checkpoint_every=1000000",
-        )
+        cfg = _cfg(name, tmp, *training_overrides(warmup + steps * windows, jit))
         trainer = Trainer(cfg, progress=False)
         flops = trainer.task.flops(trainer.model)
         iterator = trainer._iterator()

@@ -89,3 +89,12 @@ def test_table_formats_the_memory_section():
     assert "2.0 GiB" in text and "1.0 GiB" in text and "0.50" in text  # estimate, peak, ratio
     assert "TF peak 600.0 MiB vs estimate 500.0 MiB (1.20)" in text
     assert "tied / untied step time: 0.900" in text
+
+
+@pytest.mark.parametrize("name", ["quickstart", "bench_g2p"])
+def test_training_rows_load_their_experiments(name, tmp_path):
+    """The rows' overrides make a valid experiment (a rule added later broke them)."""
+    from kerastx import bench
+
+    cfg = bench._cfg(name, str(tmp_path), *bench.training_overrides(10, False))
+    assert cfg.data.dev is None and cfg.evaluation.best_metric == "loss"
