@@ -238,6 +238,8 @@ def choose(cfg) -> tuple[bool, str]:
         return False, "data.stream: auto; a generated (synthetic) corpus is read in memory"
     size, files = total_bytes(cfg)
     limit = AUTO_STREAM_BYTES // 2**20
+    if not files:
+        return False, "data.stream: auto; recipe corpora (cmudict) are read in memory"
     if size > AUTO_STREAM_BYTES:
         return True, f"data.stream: auto; {files} files, {size / 2**20:.0f} MiB > {limit} MiB"
     return False, f"data.stream: auto; {files} files, {size / 2**20:.1f} MiB <= {limit} MiB"
