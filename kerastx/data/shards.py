@@ -239,7 +239,9 @@ def choose(cfg) -> tuple[bool, str]:
     size, files = total_bytes(cfg)
     limit = AUTO_STREAM_BYTES // 2**20
     if not files:
-        return False, "data.stream: auto; recipe corpora (cmudict) are read in memory"
+        if any(c.type == "cmudict" for c in cfg.data.train):
+            return False, "data.stream: auto; recipe corpora (cmudict) are read in memory"
+        return False, "data.stream: auto; no training file found to measure"
     if size > AUTO_STREAM_BYTES:
         return True, f"data.stream: auto; {files} files, {size / 2**20:.0f} MiB > {limit} MiB"
     return False, f"data.stream: auto; {files} files, {size / 2**20:.1f} MiB <= {limit} MiB"
