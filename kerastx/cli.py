@@ -422,13 +422,19 @@ def build_parser() -> argparse.ArgumentParser:
         "data-service",
         help="serve streamed training data (a tf.data service) until SIGTERM or Ctrl-C",
     )
-    p.add_argument("--port", type=int, default=0, help="port to serve on (default: a free one)")
+    p.add_argument(
+        "--port",
+        type=int,
+        default=0,
+        help="port to serve on; dispatcher i on this port + i (default: free ones)",
+    )
     p.add_argument("--host", default="localhost", help="the name others reach this machine by")
     p.add_argument(
         "--workers",
         type=int,
         default=1,
-        help="worker processes to start here (a trainer reads from a dispatcher with one)",
+        help="dispatcher+worker pairs to start here, one per trainer input pipeline (a "
+        "trainer reads from a dispatcher with one worker)",
     )
     p.add_argument(
         "--worker-port-base", type=int, default=0, help="worker i serves on this port + i"

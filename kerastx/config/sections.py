@@ -212,7 +212,9 @@ class DataConfig:
         None,
         doc="streamed corpora: the address of a tf.data service dispatcher "
         "(grpc://host:port, started by `kerastx data-service`) that reads and batches the "
-        "training stream for this trainer; null = this process reads it",
+        "training stream for this trainer, or several separated by commas (input "
+        "pipeline p, one per trainer worker, reads from address p % count); null = this "
+        "process reads it",
     )
     vocab_sample: int = option(
         1000000,

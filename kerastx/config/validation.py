@@ -258,7 +258,8 @@ def _check_data(c: _Checker, cfg: ExperimentConfig, task) -> None:
                 _check_corpus(c, corpus, ("data", split), task)
     with c.rule():
         if d.service is not None:
-            if not re.fullmatch(r"(grpc://)?[^\s:/]+:\d{1,5}", d.service):
+            parts = [part.strip() for part in d.service.split(",")]
+            if not all(re.fullmatch(r"(grpc://)?[^\s:/]+:\d{1,5}", p) for p in parts):
                 c.fail(
                     ("data", "service"),
                     f"{d.service!r} is not a dispatcher address; write it as "

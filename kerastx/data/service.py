@@ -26,12 +26,21 @@ toy stream of numbered elements, 3 epochs x 20, with 1 or 2 workers):
   workers swapped (1, 0, 3, 2, ...): sortable in groups of 2, but every worker still
   computes the whole stream, so 2 workers cost twice the CPU of one for its throughput.
 - OFF with coordinated reads, 2 workers: 0, 0, 1, 1, ... (each worker's copy in turn).
-So a dispatcher serves kerastx trainers with one worker, which runs the jobs of every
-input pipeline pointed at it (multi-worker training: one job per trainer worker), and
-`distribute` refuses another number of workers (it counts them with a probe job of one
-element, which each worker sends once). In the graph, each batch received must follow
-the one before ((epoch, index + 1) or (epoch + 1, 0)): a worker that joins or restarts
-later fails the step instead of training on repeated batches.
+So a dispatcher serves kerastx trainers with one worker, and `distribute` refuses
+another number of workers (it counts them with a probe job of one element, which each
+worker sends once). In the graph, each batch received must follow the one before
+((epoch, index + 1) or (epoch + 1, 0)): a worker that joins or restarts later fails the
+step instead of training on repeated batches.
+
+Layout: one dispatcher+worker pair per trainer input pipeline. More service workers do
+not split one stream (above: they repeat it, reorder it, or each compute all of it);
+what they can split is the input pipelines of multi-worker training, each an
+independent sequential stream (its own files and token budget). `data.service` names
+one address or several, comma-separated; input pipeline p (trainer worker p) reads from
+address p % count. `kerastx data-service --workers N` starts N pairs, dispatchers on
+ports P, P+1, ... (each with its worker on a free port, or `--worker-port-base` + i),
+and prints the value to set, in the order the pipelines use it. With one address for
+several pipelines, its one worker runs every pipeline's job (one job each, in turn).
 
 Cost, same corpus, everything on one shared 2-core machine (worker and trainer compete
 for the cores, so this is the transfer's overhead, not the gain of a worker machine):
@@ -128,6 +137,17 @@ def parse_address(address: str, key: str = "data.service") -> tuple[str, int]:
             f"grpc://HOST:PORT (port 1-65535), as `kerastx data-service` prints it"
         )
     return match.group(1).strip("[]"), port
+
+
+def addresses(value: str) -> list[str]:
+    """`data.service`'s value -> its addresses (one, or several separated by commas)."""
+    return [part.strip() for part in str(value).split(",") if part.strip()]
+
+
+def address_for(value: str, pipe: int) -> str:
+    """The dispatcher of input pipeline `pipe`: address `pipe` % count of `value`."""
+    parts = addresses(value) or [str(value)]  # an empty value: parse_address names it
+    return parts[pipe % len(parts)]
 
 
 def job_name(run_dir: str, pipe: int) -> str:
@@ -251,8 +271,9 @@ def distribute(
         raise DataError(
             f"data.service: the tf.data service at {address} has {workers} workers; the "
             f"training stream is read from exactly one (the service gives every job to "
-            f"every worker, so each batch would come {workers} times); serve it with "
-            f"`kerastx data-service --workers 1`"
+            f"every worker, so each batch would come {workers} times); serve one worker "
+            f"per dispatcher: `kerastx data-service --workers 1`, or `--workers N` for N "
+            f"dispatcher+worker pairs, one per input pipeline"
         )
     log.info("training input from the tf.data service at %s (job %s)", address, job)
     return ServiceStream(dataset, address, job)
@@ -420,18 +441,19 @@ def _stop_processes(processes) -> None:
             process.stdout.close()
 
 
-def _wait_for_workers(address: str, processes, stop: threading.Event) -> None:
+def _wait_for_workers(started, stop: threading.Event) -> None:
     """Until every worker started here printed its line (a WorkerServer has registered
-    with the dispatcher when it exists), or exited."""
+    with the dispatcher when it exists), or exited. `started`: (dispatcher, process)."""
     deadline = time.monotonic() + 120.0  # a worker process imports TensorFlow first
     with selectors.DefaultSelector() as waiting:
-        for process in processes:
-            waiting.register(process.stdout, selectors.EVENT_READ, process)
+        for address, process in started:
+            waiting.register(process.stdout, selectors.EVENT_READ, (address, process))
         while waiting.get_map() and not stop.is_set():
             if time.monotonic() > deadline:
-                raise ServiceError(f"the workers of {address} did not start within 120 s")
+                left = ", ".join(address for address, _ in started)
+                raise ServiceError(f"the workers of {left} did not start within 120 s")
             for key, _ in waiting.select(timeout=0.5):
-                process = key.data
+                address, process = key.data
                 if not process.stdout.readline():
                     code = process.wait()
                     raise ServiceError(
@@ -441,6 +463,33 @@ def _wait_for_workers(address: str, processes, stop: threading.Event) -> None:
                 waiting.unregister(process.stdout)
 
 
+def _start_dispatcher(port: int, flag_port: int):
+    try:
+        return tf.data.experimental.service.DispatchServer(
+            tf.data.experimental.service.DispatcherConfig(port=port)
+        )
+    except (RuntimeError, tf.errors.OpError) as err:
+        where = "there" if port == flag_port else f"on {port}"
+        raise ServiceError(
+            f"--port {flag_port}: cannot serve {where} ({_first_line(err)})"
+        ) from None
+
+
+def _serving_line(host: str, addresses: list[str], ports: list[int]) -> str:
+    """The line `serve` prints: the addresses in the order input pipelines use them."""
+    if len(addresses) == 1:
+        where = ", ".join(f"{host}:{p}" for p in ports) or "none yet"
+        noun = "worker" if len(ports) == 1 else "workers"
+        what = f"dispatcher; {len(ports)} {noun}: {where}"
+    else:
+        where = ", ".join(f"{host}:{p}" for p in ports)
+        what = f"{len(addresses)} dispatchers, one worker each: {where}"
+    return (
+        f"kerastx data-service: serving {', '.join(addresses)} ({what}); set "
+        f"data.service={','.join(addresses)}; Ctrl-C or SIGTERM stops it"
+    )
+
+
 def serve(
     port: int,
     host: str = "localhost",
@@ -448,16 +497,19 @@ def serve(
     worker_port_base: int = 0,
     verbose: bool = False,
 ) -> int:
-    """Runs a dispatcher and `workers` worker processes until SIGTERM or Ctrl-C.
+    """Runs `workers` dispatcher+worker pairs until SIGTERM or Ctrl-C.
 
-    Prints one line, `kerastx data-service: serving grpc://HOST:PORT (...)`, once every
-    worker serves. Returns 0 when stopped.
+    A kerastx trainer reads from a dispatcher with exactly one worker, so N workers are
+    N dispatchers, one per trainer input pipeline (see the module docstring). Prints
+    one line, `kerastx data-service: serving ADDRESSES (...); set data.service=VALUE;
+    ...`, once every worker serves. Returns 0 when stopped.
 
     Args:
-        port: int. The dispatcher's port (0: any free port).
+        port: int. The first dispatcher's port; dispatcher i serves on this port + i
+            (0: free ports).
         host: str. The name the workers and trainers reach this machine by.
-        workers: int. Worker processes to start here (a kerastx trainer reads from a
-            dispatcher with exactly one; 0 leaves it to `--worker` processes).
+        workers: int. Dispatcher+worker pairs to start here (0: one dispatcher whose
+            worker is left to a `--worker` process).
         worker_port_base: int. Worker i listens on this port + i (0: free ports).
         verbose: bool. The workers show TensorFlow's native log lines.
 
@@ -468,29 +520,26 @@ def serve(
     _check_port(worker_port_base, "--worker-port-base")
     if workers < 0:
         raise ServiceError(f"--workers: {workers}; expected 0 or more")
-    try:
-        dispatcher = tf.data.experimental.service.DispatchServer(
-            tf.data.experimental.service.DispatcherConfig(port=port)
+    pairs = max(workers, 1)
+    if port and port + pairs - 1 > 65535:
+        raise ServiceError(
+            f"--port {port}: {pairs} dispatchers need ports up to {port + pairs - 1}"
         )
-    except (RuntimeError, tf.errors.OpError) as err:
-        raise ServiceError(f"--port {port}: cannot serve there ({_first_line(err)})") from None
-    address = f"{SCHEME}{host}:{dispatcher.target.rsplit(':', 1)[1]}"
-    ports = [worker_port_base + i if worker_port_base else _free_port() for i in range(workers)]
-    processes = []
+    dispatchers, processes = [], []
     with _until_stopped() as stop:
         try:
-            for p in ports:  # one at a time, so a failed start still stops the others
+            for i in range(pairs):  # one at a time, so a failed start still stops the others
+                dispatchers.append(_start_dispatcher(port + i if port else 0, port))
+            addresses = [f"{SCHEME}{host}:{d.target.rsplit(':', 1)[1]}" for d in dispatchers]
+            ports = [
+                worker_port_base + i if worker_port_base else _free_port() for i in range(workers)
+            ]
+            for address, p in zip(addresses, ports):
                 processes.append(_start_worker_process(address, host, p, verbose))
-            _wait_for_workers(address, processes, stop)
+            _wait_for_workers(list(zip(addresses, processes)), stop)
             if stop.is_set():
                 return 0
-            where = ", ".join(f"{host}:{p}" for p in ports) or "none yet"
-            noun = "worker" if workers == 1 else "workers"
-            print(
-                f"kerastx data-service: serving {address} (dispatcher; {workers} {noun}: "
-                f"{where}); Ctrl-C or SIGTERM stops it",
-                flush=True,
-            )
+            print(_serving_line(host, addresses, ports), flush=True)
             while not stop.wait(0.5):
                 for p, process in zip(ports, processes):
                     if process.poll() is not None:
@@ -499,7 +548,8 @@ def serve(
                         )
         finally:
             _stop_processes(processes)
-            dispatcher.stop()
+            for dispatcher in dispatchers:
+                dispatcher.stop()
     return 0
 
 

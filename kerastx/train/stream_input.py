@@ -113,7 +113,9 @@ class StreamInput:
             if self.data.cfg.data.service:  # read by a tf.data service (its position saved)
                 cfg = self.data.cfg
                 job = service.job_name(cfg.run_dir, self.worker)
-                dataset = service.distribute(dataset, cfg.data.service, job)
+                # One dispatcher (with its one worker) per pipeline keeps each exact.
+                address = service.address_for(cfg.data.service, self.worker)
+                dataset = service.distribute(dataset, address, job)
             with tf.device("/cpu:0"):
                 self._iterator = HostIterator(dataset, self.strategy, self.local)
         return self._iterator

@@ -1,8 +1,10 @@
 """Training from a tf.data service (kerastx.data.service), with real processes on
 localhost: `kerastx data-service` (a dispatcher and its worker processes) feeds an
 in-process Trainer whose losses equal the plain pipeline's bit for bit, also across a
-resume; a dispatcher with two workers, an unreachable or a malformed address are
-one-line errors; a batch out of the stream's order fails the read."""
+resume; `--workers 2` (two dispatcher+worker pairs) feeds `kerastx launch --workers 2`,
+one pair per input pipeline, with the plain launch's losses; a dispatcher with two
+workers, an unreachable or a malformed address are one-line errors; a batch out of the
+stream's order fails the read."""
 
 from __future__ import annotations
 
@@ -127,7 +129,8 @@ def corpus(tmp_path_factory):
     return root
 
 
-def _cfg(corpus, tmp_path, name: str, address=None, steps: int = STEPS):
+def _experiment(corpus, tmp_path, name: str, address=None, steps: int = STEPS) -> str:
+    """The experiment YAML's path."""
     doc = {
         "name": name,
         "run_dir": str(tmp_path / name),
@@ -177,14 +180,21 @@ def _cfg(corpus, tmp_path, name: str, address=None, steps: int = STEPS):
     }
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(doc), encoding="utf-8")
-    cfg, _ = load_experiment([str(path)])
+    return str(path)
+
+
+def _cfg(corpus, tmp_path, name: str, address=None, steps: int = STEPS):
+    cfg, _ = load_experiment([_experiment(corpus, tmp_path, name, address, steps)])
     return cfg
 
 
+def _records(run_dir: str) -> list[dict]:
+    with open(os.path.join(run_dir, "train_log.jsonl")) as f:
+        return [r for r in (json.loads(line) for line in f if line.strip()) if "loss" in r]
+
+
 def _losses(cfg) -> list[tuple[int, float]]:
-    with open(os.path.join(cfg.run_dir, "train_log.jsonl")) as f:
-        records = [json.loads(line) for line in f if line.strip()]
-    return [(r["step"], r["loss"]) for r in records if "loss" in r]
+    return [(r["step"], r["loss"]) for r in _records(cfg.run_dir)]
 
 
 def test_losses_equal_the_plain_pipeline_across_a_resume(corpus, tmp_path):
@@ -215,24 +225,89 @@ def test_losses_equal_the_plain_pipeline_across_a_resume(corpus, tmp_path):
     assert code == 0 and stopped  # SIGTERM is a clean stop, its worker stopped with it
 
 
-def test_a_dispatcher_with_two_workers_is_refused(corpus, tmp_path):
-    """`--workers 2`: every job would run on both workers (each batch twice)."""
-    dispatcher = _start("--port", "0", "--workers", "2")
+def _launch(experiment: str, *overrides: str) -> str:
+    """`python -m kerastx launch --workers 2 EXPERIMENT --set ...` to a successful end."""
+    args = [sys.executable, "-m", "kerastx", "launch", "--workers", "2", experiment]
+    for item in overrides:
+        args += ["--set", item]
+    proc = subprocess.run(
+        args,
+        cwd=ROOT,
+        env={**ENV, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    return proc.stdout
+
+
+def test_two_pairs_feed_two_trainer_workers_with_the_plain_losses(corpus, tmp_path):
+    """`--workers 2`: two dispatchers with one worker each; `launch --workers 2` with
+    both addresses reads input pipeline p from pair p: the plain launch's numbers."""
+    steps = 4
+    pairs = _start("--port", "0", "--workers", "2")  # starts while the plain run trains
     workers = []
     try:
-        line = _line(dispatcher)
-        address = _address(line)
+        plain = _experiment(corpus, tmp_path, "plain2", steps=steps)
+        _launch(plain, "training.checkpoint_every=2")
+        want = _records(str(tmp_path / "plain2"))
+        assert [r["step"] for r in want] == list(range(1, steps + 1))
+        line = _line(pairs)
+        value = re.search(r"set data\.service=(\S+);", line).group(1)
+        addresses = value.split(",")
+        assert len(addresses) == 2 and len(set(addresses)) == 2
+        assert line.startswith(f"kerastx data-service: serving {', '.join(addresses)} (")
+        workers = _children(pairs.pid)
+        assert len(workers) == 2
+        assert [service.count_workers(a) for a in addresses] == [1, 1]
+        svc = _experiment(corpus, tmp_path, "svc2", steps=steps)
+        output = _launch(svc, "training.checkpoint_every=2", f"data.service={value}")
+        got = _records(str(tmp_path / "svc2"))
+    finally:
+        code = _stop(pairs)
+        stopped = _gone(workers)
+    for pipe, address in enumerate(addresses):  # trainer worker p read from pair p
+        used = rf"\[worker {pipe}\] .*training input from the tf\.data service at (\S+) "
+        assert re.findall(used, output) == [address], output[-3000:]
+    keys = ("step", "loss", "ids_hash")
+    assert [[r[k] for k in keys] for r in got] == [[r[k] for k in keys] for r in want]
+    assert code == 0 and stopped
+
+
+def test_a_dispatcher_with_two_workers_is_refused(corpus, tmp_path):
+    """A second worker joins a dispatcher: every job would run on both (each batch twice)."""
+    dispatcher = _start("--port", "0", "--workers", "1")
+    extra = None
+    workers = []
+    try:
+        address = _address(_line(dispatcher))
         workers = _children(dispatcher.pid)
-        assert "2 workers" in line and len(workers) == 2
+        extra = _start("--worker", "--dispatcher", address)
+        _line(extra)
+        assert service.count_workers(address) == 2
         with pytest.raises(DataError) as err:
             Trainer(_cfg(corpus, tmp_path, "two", address), progress=False).run()
     finally:
+        extra_code = _stop(extra) if extra is not None else None
         code = _stop(dispatcher, signal.SIGINT)  # Ctrl-C: the same clean stop
         stopped = _gone(workers)
     message = str(err.value)
     assert "\n" not in message and address in message
     assert "has 2 workers" in message and "--workers 1" in message
-    assert code == 0 and stopped
+    assert code == 0 and extra_code == 0 and stopped
+
+
+def test_pairs_are_addresses_in_pipeline_order():
+    value = "grpc://a:5000, grpc://b:5001"
+    assert service.addresses(value) == ["grpc://a:5000", "grpc://b:5001"]
+    assert [service.address_for(value, p) for p in range(3)] == [
+        "grpc://a:5000",
+        "grpc://b:5001",
+        "grpc://a:5000",
+    ]
+    assert service.address_for("grpc://a:5000", 1) == "grpc://a:5000"
 
 
 def test_an_unreachable_dispatcher_is_one_line_naming_it(corpus, tmp_path):
