@@ -259,7 +259,7 @@ def _check_data(c: _Checker, cfg: ExperimentConfig, task) -> None:
     with c.rule():
         if d.service is not None:
             parts = [part.strip() for part in d.service.split(",")]
-            if not all(re.fullmatch(r"(grpc://)?[^\s:/]+:\d{1,5}", p) for p in parts):
+            if not all(re.fullmatch(r"grpc://[^\s:/]+:\d{1,5}", p) for p in parts):
                 c.fail(
                     ("data", "service"),
                     f"{d.service!r} is not a dispatcher address; write it as "
