@@ -27,9 +27,9 @@ CORPUS_STRIDE = 2**48
 STREAM_TYPES = ("parallel", "cmudict", "text", "labelled", "tsv", "tfrecord")
 # data.stream: auto streams training corpora whose files on disk exceed this size.
 # Measured (`make bench --only stream`, bench_g2p model, 2 cores): 1M generated pairs,
-# 44 MB of gzip on disk, reach the first step in 38 s streamed and 48 s in memory; the
+# 44 MB of gzip on disk, reach the first step in 34.5 s streamed, 39.7 s in memory; the
 # in-memory path reads and tokenizes everything first, so its start grows with the
-# corpus and the streamed one's does not (38 s at 20M pairs).
+# corpus and the streamed one's does not (36.3 s at 20M pairs).
 AUTO_STREAM_BYTES = 32 * 2**20
 
 
