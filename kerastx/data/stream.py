@@ -3,7 +3,7 @@
 The in-memory path (`sources` -> `encode` -> `batching.Planner`) reads every corpus into
 Python first; its start time and memory grow with the corpus. This path never holds a
 corpus: each epoch is a tf.data graph over the corpus files, and memory is bounded by
-the shuffle buffer, the chunk size and the prefetch depth.
+the shuffle window, the chunk size and the prefetch depth.
 
 One epoch of one input pipeline:
 1. Files: every training corpus's files (a path or a glob; parallel corpora pair the
@@ -15,22 +15,24 @@ One epoch of one input pipeline:
    known by the first bytes), deterministic, each line with its file and line number.
    A parallel pair is zipped with an end marker on both sides, so a file that ends
    before the other one is an error, never a silent truncation.
-3. Chunks of `CHUNK` lines, checked and tokenized in one vectorized call: NUL bytes,
-   invalid UTF-8 (error, or replaced and counted), empty sides
-   (`data.empty_examples`), the length policy (drop / truncate / error, lengths as
-   the model sees them, see `kerastx.data.encode`), labels and condition tags looked
-   up in their vocabularies. A problem is an assertion whose message carries
-   `ERROR_MARK`, the kind, the file and the line; `error_from` turns it into the same
-   one-line `DataError` the in-memory path gives.
-4. Counts (examples read, dropped, empty, truncated, replaced): every kept example
-   carries the counts of itself and of the dropped examples just before it (a scan over
-   chunks keeps the dropped examples after the last kept one of a chunk for the next
-   chunk, and the epoch's end adds what is left to its last example), so the counts
-   summed over an epoch's batches are exactly the epoch's counts.
-5. Shuffle with a buffer of `data.shuffle_buffer` examples (seed from (seed, epoch)),
-   then length buckets with token budgets: the boundaries and capacities of
-   `kerastx.data.batching`, every batch padded to its bucket boundary, each bucket's
-   partial batch emitted at the end of the epoch. Batches are numbered (epoch, index).
+3. Windows of `data.shuffle_buffer` lines (whole chunks of `CHUNK` lines), checked and
+   tokenized in one vectorized call (`_process`): NUL bytes, invalid UTF-8 (error, or
+   replaced and counted), empty sides (`data.empty_examples`), the length policy
+   (drop / truncate / error, lengths as the model sees them, see
+   `kerastx.data.encode`), labels and condition tags looked up in their vocabularies.
+   A problem is an assertion whose message carries `ERROR_MARK`, the kind, the file and
+   the line; `error_from` turns it into the same one-line `DataError` the in-memory
+   path gives.
+4. A scan over the windows (`_window_step`): the kept examples of the window and those
+   carried from the last one are permuted (seed from (seed, epoch, window)), sorted into
+   the length buckets of `kerastx.data.batching`, cut into full token-budget batches
+   (the rest carried on), and the batches' order permuted; the empty window that ends
+   the epoch flushes every partial batch. Every batch is padded to its bucket boundary;
+   batches are numbered (epoch, index).
+5. Counts (examples read, dropped, empty, truncated, replaced): a window's counts go on
+   its last batch; a window that completes no batch passes them on, and the batch held
+   back at the epoch's end takes what is left, so the counts summed over an epoch's
+   batches are exactly the epoch's counts.
 
 Exact resume keeps TensorFlow's iterator checkpoint of this dataset (see
 docs/architecture.md, "The data stream and exact resume", for why).
@@ -48,6 +50,7 @@ import tensorflow as tf
 
 from kerastx.data import batching, textio
 from kerastx.data.errors import DataError
+from kerastx.data.pipeline import frame_fields
 from kerastx.data.shards import CORPUS_STRIDE, FILE_STRIDE, Shard, reader_kind, wanted_columns
 
 CHUNK = 1024  # lines checked and tokenized per vectorized call
@@ -539,7 +542,7 @@ class Stream:
 
         def frame(index, b):
             size = bounds[b["key"]]
-            batch = frame_batch(b["rows"], layout, size, size)
+            batch = frame_fields(b["rows"], layout, size, size)
             batch["counts"] = b["counts"]
             batch["epoch"] = epoch
             batch["index"] = index
@@ -680,13 +683,6 @@ def _from_prepared(chunk: dict) -> dict:
 def _mix(seed: int, epoch) -> tf.Tensor:
     """A shuffle seed from (seed, epoch), the same on every pipeline."""
     return tf.cast(epoch, tf.int64) * 1_000_003 + tf.constant(seed % 2**31, tf.int64)
-
-
-def frame_batch(batch: dict, layout: dict, source_length, target_length) -> dict:
-    """Frames ragged fields into the batch keys of the layout (see pipeline.materialize)."""
-    from kerastx.data.pipeline import frame_fields
-
-    return frame_fields(batch, layout, source_length, target_length)
 
 
 def describe_error(cfg, shard: Shard, kind: str, line: int, value: int) -> DataError:
