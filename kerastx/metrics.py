@@ -12,6 +12,7 @@ All values are percentages except where said.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable, Sequence
 
 
@@ -92,6 +93,70 @@ def bleu_chrf(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) ->
     }
 
 
+# Placeholders of UI strings that a translation must carry over unchanged: printf
+# conversions (`%s`, `%d`, `%5.2f`, `%ld`, positional `%1$s`, Python's `%(name)s`),
+# brace fields (`{}`, `{0}`, `{name}`, `{count:d}`), shell/template variables (`${var}`,
+# `$var`), markup tags (`<b>`, `</a>`, `<br/>`) and character entities (`&amp;`). A
+# translation may reorder them; the metric compares them as multisets. Written here
+# because no library extracts placeholders across these syntaxes (sacrebleu and
+# translate-toolkit's checks each cover one).
+_PLACEHOLDER = re.compile(
+    r"%(?:\d+\$)?(?:\([^)]*\))?[-+ #0']*(?:\d+|\*)?(?:\.(?:\d+|\*))?"
+    r"(?:hh|h|ll|l|L|q|j|z|t|I64|I32)?[diouxXeEfFgGcrsaApSC%]"
+    r"|\{[A-Za-z0-9_.\[\]]*(?:![rsa])?(?::[^{}]*)?\}"
+    r"|\$\{[A-Za-z_][A-Za-z0-9_]*\}|\$[A-Za-z_][A-Za-z0-9_]*"
+    r"|</?[A-Za-z][A-Za-z0-9]*(?:\s[^<>]*)?/?>"
+    r"|&(?:[A-Za-z]+|#\d+|#x[0-9A-Fa-f]+);"
+)
+
+
+def placeholders_of(text: str) -> list[str]:
+    """The placeholders of a UI string, in order (`%%` is a literal percent, left out)."""
+    return [m for m in _PLACEHOLDER.findall(text) if m != "%%"]
+
+
+def placeholders(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> dict:
+    """Share of outputs whose placeholders equal their first reference's (as multisets), %.
+
+    Also `placeholders_in_refs`: the share among outputs whose reference holds at least
+    one placeholder (the harder cases), and `placeholder_examples`: their number.
+    """
+    from collections import Counter
+
+    equal = equal_with = with_any = 0
+    for hyp, refs in zip(hypotheses, references):
+        ref = Counter(placeholders_of(refs[0]))
+        same = Counter(placeholders_of(hyp)) == ref
+        equal += same
+        if ref:
+            with_any += 1
+            equal_with += same
+    return {
+        "placeholders": 100.0 * equal / max(len(hypotheses), 1),
+        "placeholders_in_refs": 100.0 * equal_with / max(with_any, 1),
+        "placeholder_examples": with_any,
+    }
+
+
+def macro_f1(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> dict:
+    """Macro-averaged F1 over the classes of the references (first reference), %.
+
+    Every class seen in the references counts once; a class never predicted has F1 0.
+    `per_class_f1` holds each class's F1 (%).
+    """
+    classes = sorted({refs[0] for refs in references})
+    per_class = {}
+    for name in classes:
+        tp = sum(h == name and refs[0] == name for h, refs in zip(hypotheses, references))
+        fp = sum(h == name and refs[0] != name for h, refs in zip(hypotheses, references))
+        fn = sum(h != name and refs[0] == name for h, refs in zip(hypotheses, references))
+        per_class[name] = 100.0 * 2 * tp / max(2 * tp + fp + fn, 1)
+    return {
+        "macro_f1": sum(per_class.values()) / max(len(per_class), 1),
+        "per_class_f1": per_class,
+    }
+
+
 @dataclasses.dataclass(frozen=True)
 class Metric:
     """One evaluation metric.
@@ -123,6 +188,13 @@ METRICS = {
         Metric("bleu", True, bleu_chrf, "corpus BLEU (sacrebleu, detokenized)"),
         Metric("chrf", True, bleu_chrf, "corpus chrF (sacrebleu)"),
         Metric("accuracy", True, accuracy, "share of outputs equal to a reference, %"),
+        Metric(
+            "placeholders",
+            True,
+            placeholders,
+            "share of outputs whose placeholders (%s, {name}, <b>) equal the reference's, %",
+        ),
+        Metric("macro_f1", True, macro_f1, "macro-averaged F1 over the reference classes, %"),
     )
 }
 LOSS_METRICS = tuple(name for name, m in METRICS.items() if m.compute is None)

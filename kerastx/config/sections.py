@@ -15,7 +15,16 @@ from dataclasses import dataclass
 from kerastx import tasks
 from kerastx.config.typed import option
 
-CORPUS_TYPES = ("parallel", "tsv", "tfrecord", "text", "labelled", "synthetic", "cmudict")
+CORPUS_TYPES = (
+    "parallel",
+    "tsv",
+    "tfrecord",
+    "text",
+    "labelled",
+    "synthetic",
+    "cmudict",
+    "gettext",
+)
 TOKENIZER_TYPES = ("chars", "words", "wordpiece", "sentencepiece", "symbols")
 # What each `training.init_parts` entry copies from `training.init_from`, by variable path.
 INIT_PARTS = {
@@ -67,9 +76,26 @@ class CorpusConfig:
         20, doc="synthetic: number of distinct symbols", unit="symbols", ge=2
     )
     split: str = option(
-        "train", doc="cmudict: which split of the recipe", choices=("train", "dev", "test")
+        "train",
+        doc="cmudict, gettext: which split of the recipe",
+        choices=("train", "dev", "test"),
     )
     keep_stress: bool = option(False, doc="cmudict: keep stress digits on vowels (AH0)")
+    languages: list[str] = option(
+        default_factory=lambda: ["fr"],
+        doc="gettext: catalogue languages (directory names under locale_dir: fr, pt_BR); "
+        "with records: strings also en (the English messages)",
+    )
+    locale_dir: str = option(
+        "/usr/share/locale", doc="gettext: where the compiled catalogues are", unit="path"
+    )
+    records: str = option(
+        "pairs",
+        doc="gettext: pairs = one row per (English message, translation, language) for "
+        "translation; strings = one row per distinct UI string and its language (columns "
+        "source, label) for language identification",
+        choices=("pairs", "strings"),
+    )
     weight: float = option(
         1.0, doc="sampling weight among the training corpora", unit="relative", gt=0
     )
@@ -115,7 +141,7 @@ class DataConfig:
         None, doc="test set for `kerastx evaluate`", resume_safe=True
     )
     data_dir: str = option(
-        "data", doc="where recipes (cmudict, synthetic) write their files", unit="path"
+        "data", doc="where recipes (cmudict, gettext, synthetic) write their files", unit="path"
     )
     source_tokenizer: TokenizerConfig = option(
         default_factory=TokenizerConfig, doc="tokenizer of the source side (or LM text)"
@@ -436,7 +462,8 @@ class EvaluationConfig:
     )
     metrics: list[str] = option(
         default_factory=list,
-        doc="task metrics from decoding (wer, per, bleu, chrf, accuracy); empty = the task's",
+        doc="task metrics from decoding (wer, per, bleu, chrf, accuracy, placeholders, "
+        "macro_f1); empty = the task's",
         resume_safe=True,
     )
     max_examples: int = option(

@@ -29,6 +29,16 @@ CORPUS_KEYS = {
     "labelled": ("path",),
     "synthetic": ("task", "num_examples", "min_length", "max_length", "alphabet_size"),
     "cmudict": ("split", "keep_stress"),
+    "gettext": (
+        "split",
+        "languages",
+        "locale_dir",
+        "records",
+        "source_column",
+        "target_column",
+        "label_column",
+        "condition_column",
+    ),
 }
 CORPUS_REQUIRED = {
     "parallel": ("source", "target"),

@@ -197,7 +197,8 @@ def vocab_plan(cfg) -> dict[str, tuple[str, object | None, bool]]:
             plan["target"] = file_for("target", d.target_tokenizer)
     if "label" in task.fields:
         plan["labels"] = (os.path.join(vocab_dir, "labels.txt"), None, False)
-    if any(c.type in ("tsv", "tfrecord") and c.condition_column for c in d.train):
+    tagged = any(c.type in ("tsv", "tfrecord", "gettext") and c.condition_column for c in d.train)
+    if tagged and not cfg.model.condition_dim:  # vectors (model.condition_dim) have no tags
         plan["conditions"] = (os.path.join(vocab_dir, "conditions.txt"), None, False)
     return plan
 

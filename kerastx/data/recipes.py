@@ -40,6 +40,10 @@ import re
 
 from kerastx.data.errors import DataError
 
+# Recipe corpus types read through another type once their files exist (cmudict is still
+# read as itself: its reader, `parallel`, needs two files).
+RESOLVED_AS = {"gettext": "tsv"}
+
 SPLITS = ("train", "dev", "test")
 TEST_BELOW = 960
 DEV_BELOW = 1040
@@ -135,3 +139,20 @@ def prepare_cmudict(data_dir: str, keep_stress: bool = False) -> dict[str, tuple
         json.dump(info, f, indent=2, sort_keys=True)
     os.replace(tmp, manifest)
     return paths
+
+
+def resolve(corpus, data_cfg):
+    """A recipe corpus (gettext) as the corpus type it is read as, its files written.
+
+    Other corpora are returned unchanged.
+    """
+    if corpus.type != "gettext":
+        return corpus
+    import dataclasses
+
+    from kerastx.data import recipe_gettext
+
+    paths = recipe_gettext.prepare_gettext(
+        data_cfg.data_dir, corpus.languages, corpus.locale_dir, corpus.records
+    )
+    return dataclasses.replace(corpus, type=RESOLVED_AS["gettext"], path=paths[corpus.split])

@@ -76,6 +76,7 @@ def corpus_paths(corpus, data_cfg) -> tuple[str | None, str | None]:
         return paths[corpus.split]
     if corpus.type == "parallel":
         return corpus.source, corpus.target
+    corpus = recipes.resolve(corpus, data_cfg)
     return corpus.path, None
 
 
@@ -109,6 +110,11 @@ def shards(cfg, fields: tuple[str, ...]) -> list[Shard]:
                 f"{where}.weight: {corpus.weight}: streamed corpora are each read in full "
                 f"once an epoch, so weights other than 1 are not applied; set data.stream: "
                 f"memory to mix corpora by weight"
+            )
+        if corpus.type in recipes.RESOLVED_AS:
+            raise DataError(
+                f"{where}: recipe corpus type '{corpus.type}' is read in memory (its files "
+                f"are small); set data.stream: memory (or auto)"
             )
         if corpus.type not in STREAM_TYPES:
             raise DataError(
@@ -234,6 +240,9 @@ def choose(cfg) -> tuple[bool, str]:
         return mode == "stream", f"data.stream: {mode}"
     if cfg.data.service:
         return True, "data.stream: auto; data.service feeds streamed corpora"
+    recipe = sorted({c.type for c in cfg.data.train if c.type in recipes.RESOLVED_AS})
+    if recipe:
+        return False, f"data.stream: auto; recipe corpora ({', '.join(recipe)}) are read in memory"
     if any(c.type not in STREAM_TYPES for c in cfg.data.train):
         return False, "data.stream: auto; a generated (synthetic) corpus is read in memory"
     size, files = total_bytes(cfg)

@@ -213,6 +213,7 @@ def load_corpus(
     needs = fields
     policy = data_cfg.invalid_utf8
     label = f"{split}[{index}]" if split == "train" else split
+    corpus = recipes.resolve(corpus, data_cfg)
     kind = corpus.type
     if kind in ("parallel", "cmudict"):
         if kind == "cmudict":

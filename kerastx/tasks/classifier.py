@@ -18,13 +18,13 @@ class ClassifierTask(Task):
     label_pad_id = None  # every label counts
     source_key = "source_ids"
     model_keys = TRANSFORMER_MODEL_KEYS + ("num_layers", "pooling")
-    corpus_types = ("labelled", "tsv", "tfrecord")
-    decoded_metrics = ("accuracy",)
+    corpus_types = ("labelled", "tsv", "tfrecord", "gettext")
+    decoded_metrics = ("accuracy", "macro_f1")
 
     @classmethod
     def default_metrics(cls, corpus_type):
         del corpus_type
-        return ("accuracy",)
+        return ("accuracy", "macro_f1")
 
     @classmethod
     def parameter_count(cls, model, sizes):
@@ -47,6 +47,21 @@ class ClassifierTask(Task):
     def metrics_from_losses(self, results):
         # One label per example: the token accuracy of the loss pass is the accuracy.
         return {"accuracy": 100.0 * results.get("token_accuracy", 0.0)}
+
+    def text_decoder(self, model, data, settings):
+        # The decoded "text" of a classifier is its predicted label, so the decoded
+        # metrics (accuracy against any reference label, macro-F1) use the same path.
+        import tensorflow as tf
+
+        del settings
+        names = list(data.labels.tags)
+        logits_fn = tf.function(lambda ids: model({"source_ids": ids}, training=False))
+
+        def decode(rows: dict) -> list[str]:
+            best = tf.argmax(logits_fn(tf.cast(rows["source_ids"], tf.int32)), axis=-1)
+            return [names[int(i)] for i in best.numpy()]
+
+        return decode
 
     def predict(self, model, data, lines, settings, batch_size, jit=False):
         from kerastx import predict

@@ -29,7 +29,15 @@ class LanguageModelTask(GenerationTask):
     label_key = "target_out_ids"
     target_key = "target_out_ids"
     model_keys = TRANSFORMER_MODEL_KEYS + ("num_layers", "tie_embeddings")
-    corpus_types = ("text", "tsv", "tfrecord", "synthetic", "parallel", "cmudict")
+    corpus_types = (
+        "text",
+        "tsv",
+        "tfrecord",
+        "synthetic",
+        "parallel",
+        "cmudict",
+        "gettext",
+    )
     decode_input_key = "prompt_ids"
     filler_id = BOS_ID
 

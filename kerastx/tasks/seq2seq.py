@@ -27,8 +27,8 @@ class Seq2SeqTask(GenerationTask):
         "num_decoder_layers",
         "share_embeddings",
     )
-    corpus_types = ("parallel", "tsv", "tfrecord", "synthetic", "cmudict")
-    decoded_metrics = ("wer", "per", "bleu", "chrf", "accuracy")
+    corpus_types = ("parallel", "tsv", "tfrecord", "synthetic", "cmudict", "gettext")
+    decoded_metrics = ("wer", "per", "bleu", "chrf", "accuracy", "placeholders")
     decode_input_key = "source_ids"
     filler_id = EOS_ID
 
@@ -38,6 +38,8 @@ class Seq2SeqTask(GenerationTask):
             return ("wer", "per")
         if corpus_type == "synthetic":
             return ("accuracy",)
+        if corpus_type == "gettext":  # UI strings: placeholders must survive translation
+            return ("bleu", "chrf", "placeholders")
         return ("bleu", "chrf")
 
     @classmethod
