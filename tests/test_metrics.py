@@ -48,7 +48,8 @@ def test_task_metrics_and_defaults():
     out = metrics.task_metrics(["wer", "accuracy"], ["A"], [["A"]])
     assert out["wer"] == 0.0 and out["accuracy"] == 100.0 and "bleu" not in out
     assert tasks.get("seq2seq").default_metrics("cmudict") == ("wer", "per")
-    assert tasks.get("encoder_classifier").default_metrics("tsv") == ("accuracy",)
+    assert tasks.get("encoder_classifier").default_metrics("tsv") == ("accuracy", "macro_f1")
+    assert tasks.get("seq2seq").default_metrics("gettext") == ("bleu", "chrf", "placeholders")
 
 
 def test_every_metric_has_one_direction_and_every_task_metric_is_registered():
@@ -58,3 +59,31 @@ def test_every_metric_has_one_direction_and_every_task_metric_is_registered():
     for name in tasks.names():
         assert set(tasks.get(name).decoded_metrics) <= set(metrics.METRICS), name
     assert metrics.LOSS_METRICS == ("loss", "perplexity", "token_accuracy")
+
+
+def test_placeholders_of_each_syntax():
+    text = "Copy %s to %2$d: {name} {} {0:>4} <b>x</b> &amp; 100%% ${HOME} %(n)d, %-5.2f %ld"
+    assert metrics.placeholders_of(text) == [
+        "%s", "%2$d", "{name}", "{}", "{0:>4}", "<b>", "</b>", "&amp;", "${HOME}", "%(n)d",
+        "%-5.2f", "%ld",
+    ]  # fmt: skip
+    assert metrics.placeholders_of("no placeholder here, 50%% off") == []
+
+
+def test_placeholders_compare_as_multisets():
+    hyps = ["%d fichiers dans %s", "Ouvrir %s", "Bonjour", "Fermer {n} <b>"]
+    refs = [["%d files in %s"], ["Open %d"], ["Hello"], ["Close <b> {n}"]]
+    out = metrics.placeholders(hyps, refs)
+    # 1: same multiset (reordered is fine); 2: %s vs %d; 3: none on both sides; 4: reordered.
+    assert out["placeholders"] == 75.0
+    assert out["placeholder_examples"] == 3
+    assert out["placeholders_in_refs"] == 100.0 * 2 / 3
+
+
+def test_macro_f1_by_hand():
+    hyps = ["fr", "fr", "de", "en", "en", "en"]
+    refs = [["fr"], ["de"], ["de"], ["en"], ["en"], ["fr"]]
+    out = metrics.macro_f1(hyps, refs)
+    # fr: tp 1 fp 1 fn 1 -> 0.5; de: tp 1 fp 0 fn 1 -> 2/3; en: tp 2 fp 1 fn 0 -> 0.8
+    assert out["per_class_f1"] == pytest.approx({"fr": 50.0, "de": 200 / 3, "en": 80.0})
+    assert out["macro_f1"] == pytest.approx((50.0 + 200 / 3 + 80.0) / 3)
