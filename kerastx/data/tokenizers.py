@@ -14,7 +14,8 @@ so `tf.saved_model.save` copies the file into the SavedModel's `assets/` and the
 graph tokenizes raw strings without Python. The SentencePiece model travels as a
 constant of the graph (and, for the record, as an asset).
 
-Splitting: `chars` splits into Unicode code points (invalid UTF-8 becomes U+FFFD);
+Splitting: `bytes` into UTF-8 bytes (`ByteTokenizer`: fixed ids, lossless);
+`chars` splits into Unicode code points (invalid UTF-8 becomes U+FFFD);
 `words`, `symbols` and `wordpiece` split at ASCII whitespace (`tf.strings.split`), so
 round trips hold for text with single spaces. A `\\r` never enters a vocabulary file
 (it would end the line); it tokenizes to UNK. `lowercase` lowers with
@@ -227,19 +228,74 @@ class SentencePieceTokenizer(Tokenizer):
         size = vocab_lib.check_sentencepiece_file(path)
         super().__init__("sentencepiece", path, size, lowercase, name)
         with open(path, "rb") as f:
-            model = f.read()
+            self._model = f.read()
         self._model_file = tf.saved_model.Asset(path)
-        self._sentencepiece = tft.SentencepieceTokenizer(model=model, out_type=tf.int32)
+
+    def _processor(self):
+        # The SentencePiece resource is created inside the graph that uses it (these
+        # methods only run inside the tf.functions of `Tokenizer`), not once eagerly:
+        # an eager resource belongs to its op kernel, and `tf.random.set_seed` (run by
+        # `keras.utils.set_random_seed` when training starts) clears the eager kernel
+        # cache, deleting it ("Resource .../SentencepieceOp... does not exist").
+        return tft.SentencepieceTokenizer(model=self._model, out_type=tf.int32)
 
     def _tokenize(self, strings):
-        return self._sentencepiece.tokenize(strings)
+        return self._processor().tokenize(strings)
 
     def _detokenize(self, ids):
-        return self._sentencepiece.detokenize(ids)
+        return self._processor().detokenize(ids)
+
+
+# The vocabulary file of the `bytes` tokenizer: the special lines, then one line per byte.
+BYTE_ENTRIES = tuple(vocab_lib.SPECIALS) + tuple(f"<0x{b:02X}>" for b in range(256))
+
+
+class ByteTokenizer(Tokenizer):
+    """UTF-8 bytes: the id of byte `b` is `b + 4` (260 ids); lossless, never UNK.
+
+    Any text round-trips, newlines, tabs and `\\r` included. The vocabulary file
+    (`BYTE_ENTRIES`: `<pad> <s> </s> <unk>`, then `<0x00>` .. `<0xFF>`) is written
+    without reading the data and only names the ids (token labels, `kerastx vocab`);
+    tokenizing needs no table. Detokenizing joins the bytes and replaces each invalid
+    UTF-8 sequence (a sampled output ending inside a character) by U+FFFD; an UNK id
+    (never produced by tokenizing) becomes `<unk>`.
+
+    Args:
+        path: str. The vocabulary file; must hold exactly `BYTE_ENTRIES`.
+        lowercase: bool. Defaults to False.
+    """
+
+    def __init__(self, path: str, lowercase: bool = False, name: str | None = None):
+        from kerastx.data.errors import DataError
+
+        if tuple(vocab_lib.read_entries(path)) != BYTE_ENTRIES:
+            raise DataError(
+                f"{path}: not a bytes vocabulary (it must hold <pad> <s> </s> <unk>, then "
+                f"<0x00> .. <0xFF>, one a line); delete it to have it written again"
+            )
+        super().__init__("bytes", path, len(BYTE_ENTRIES), lowercase, name)
+        self._byte_strings = tf.constant([bytes([b]) for b in range(256)])
+
+    def _tokenize(self, strings):
+        pieces = tf.strings.bytes_split(strings)  # (B, None) one-byte strings
+        values = tf.reshape(tf.io.decode_raw(pieces.flat_values, tf.uint8), [-1])
+        return pieces.with_flat_values(tf.cast(values, tf.int64) + 4)
+
+    def _detokenize(self, ids):
+        flat = tf.cast(ids.flat_values, tf.int32)
+        pieces = tf.where(
+            flat >= 4,
+            tf.gather(self._byte_strings, tf.clip_by_value(flat - 4, 0, 255)),
+            tf.constant(vocab_lib.SPECIALS[UNK]),
+        )
+        joined = tf.strings.reduce_join(ids.with_flat_values(pieces), axis=-1)
+        return tf.strings.unicode_transcode(joined, "UTF-8", "UTF-8", errors="replace")
 
 
 def make_tokenizer(kind: str, path: str, lowercase: bool = False, name: str | None = None):
     """The tokenizer of a type over a vocabulary (or SentencePiece model) file."""
+    if kind == "bytes":
+        return ByteTokenizer(path, lowercase, name=name)
     if kind == "wordpiece":
         return WordPieceTokenizer(path, lowercase, name=name)
     if kind == "sentencepiece":

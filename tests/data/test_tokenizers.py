@@ -140,3 +140,19 @@ def test_saved_model_tokenizes_raw_strings_without_python(toks, tmp_path):
     finally:
         for k in KINDS:
             os.rename(toks[k].path + ".moved", toks[k].path)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_tokenizers_survive_a_global_seed_reset(toks, kind):
+    # `keras.utils.set_random_seed` (the trainer runs it after the data module is built)
+    # clears TensorFlow's eager kernel cache; an eagerly created SentencePiece resource
+    # was deleted with it ("Resource .../SentencepieceOp... does not exist").
+    import keras
+
+    text = tf.constant(["the cat sat"])
+    before = toks[kind].tokenize(text).to_list()
+    keras.utils.set_random_seed(1234)
+    assert toks[kind].tokenize(text).to_list() == before
+    assert _strings(toks[kind].detokenize(toks[kind].tokenize(text))) == _strings(
+        toks[kind].detokenize(tf.ragged.constant(before))
+    )
