@@ -226,9 +226,9 @@ def diff_from_defaults(cfg: ExperimentConfig) -> dict:
     """The resolved values that differ from the defaults, as nested plain data."""
     defaults = typed.flatten(defaults_data())
     corpus_defaults = {
-        f.name: f.default
+        f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
         for f in dataclasses.fields(CorpusConfig)
-        if f.default is not dataclasses.MISSING
+        if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
     }
     out: dict = {}
     for path, value in typed.flatten(typed.to_data(cfg)).items():

@@ -82,9 +82,9 @@ class CorpusConfig:
     )
     keep_stress: bool = option(False, doc="cmudict: keep stress digits on vowels (AH0)")
     languages: list[str] = option(
-        default_factory=lambda: ["fr"],
-        doc="gettext: catalogue languages (directory names under locale_dir: fr, pt_BR); "
-        "with records: strings also en (the English messages)",
+        default_factory=list,
+        doc="gettext (required): catalogue languages (directory names under locale_dir: "
+        "fr, pt_BR); with records: strings also en (the English messages)",
     )
     locale_dir: str = option(
         "/usr/share/locale", doc="gettext: where the compiled catalogues are", unit="path"

@@ -46,6 +46,7 @@ CORPUS_REQUIRED = {
     "tfrecord": ("path",),
     "text": ("path",),
     "labelled": ("path",),
+    "gettext": ("languages",),
 }
 
 
@@ -87,7 +88,10 @@ def _check_corpus(c: _Checker, corpus: CorpusConfig, path: tuple, task) -> None:
             if f.name in ("type", "weight") or f.name in reads:
                 continue
             with c.rule():
-                if c.prov.explicit(path + (f.name,)) and getattr(corpus, f.name) != f.default:
+                default = (
+                    f.default_factory() if f.default is dataclasses.MISSING else f.default
+                )
+                if c.prov.explicit(path + (f.name,)) and getattr(corpus, f.name) != default:
                     c.fail(
                         path + (f.name,),
                         f"not read by corpus type '{corpus.type}' (it reads: {', '.join(reads)})",

@@ -158,6 +158,18 @@ CASES = [
         ],
     ),
     (
+        # A list-valued key of another corpus type set away from its default (the
+        # resolved config.yaml writes every key, defaults included, and reloads).
+        "corpus_list_key_not_read",
+        "data:\n  train:\n    - type: parallel\n      source: a\n      target: b\n"
+        "      languages: [de]\n",
+        [],
+        [
+            "bad.yaml:6: data.train[0].languages: not read by corpus type 'parallel' "
+            "(it reads: source, target)"
+        ],
+    ),
+    (
         "integer_expected",
         DATA + "training:\n  train_steps: 1.5\n",
         [],
@@ -297,7 +309,7 @@ CASES = [
         [],
         [
             "bad.yaml:7: evaluation.metrics: metric 'bleu' is not computed by model type "
-            "'encoder_classifier' (use: accuracy)"
+            "'encoder_classifier' (use: accuracy, macro_f1)"
         ],
     ),
     (
@@ -386,7 +398,7 @@ CASES = [
         ["data.train[0].type=x"],
         [
             "--set data.train[0].type=x: data.train[0].type: must be one of: parallel, tsv, "
-            "tfrecord, text, labelled, synthetic, cmudict; got 'x'"
+            "tfrecord, text, labelled, synthetic, cmudict, gettext; got 'x'"
         ],
     ),
     (
@@ -406,7 +418,7 @@ CASES = [
         [],
         [
             "bad.yaml:5: evaluation.metrics: unknown metric 'blue' (use: wer, per, bleu, chrf, "
-            "accuracy)"
+            "accuracy, placeholders)"
         ],
     ),
     (
@@ -455,7 +467,7 @@ CASES = [
         [],
         [
             "bad.yaml:5: evaluation.metrics: unknown metric 'bleux' "
-            "(use: wer, per, bleu, chrf, accuracy)"
+            "(use: wer, per, bleu, chrf, accuracy, placeholders)"
         ],
     ),
 ]
