@@ -22,7 +22,10 @@ What the recipe does, in order:
    and `manifest.json` with the catalogues read, the counts and the split rule:
    - `records: pairs` (translation): columns `source` (English), `target` (the
      translation), `language` (its catalogue language: the condition of a multilingual
-     model, `condition_column: language`) and `catalogue` (the .mo file name).
+     model, `condition_column: language`), `language_vector` (the same as a one-hot
+     vector over the sorted languages, numbers separated by spaces: a vector condition,
+     `condition_column: language_vector` with `model.condition_dim` = the number of
+     languages) and `catalogue` (the .mo file name).
    - `records: strings` (language identification): one row per distinct UI string:
      `source` (the string) and `label` (its language; `en` is the msgids themselves).
      A string found in more than one language ("OK", "%s") cannot be identified from its
@@ -50,6 +53,8 @@ SPLITS = ("train", "dev", "test")
 TEST_BELOW = 300
 DEV_BELOW = 500
 RECORDS = ("pairs", "strings")
+# The layout of the files written; a directory written by another version is refused.
+VERSION = 2
 SOURCE_LANGUAGE = "en"
 
 
@@ -153,8 +158,14 @@ def _rows(found, origin, records, stats) -> dict[str, list[list[str]]]:
         stats["conflicting_translations"] += len(counts) - 1
         chosen[(msgid, language)] = best
     if records == "pairs":
+        languages = sorted({language for _, language in chosen})
+        one_hot = {
+            lang: " ".join("1" if lang == other else "0" for other in languages)
+            for lang in languages
+        }
         for (msgid, language), text in sorted(chosen.items()):
-            rows[split_of(msgid)].append([msgid, text, language, origin[(msgid, language, text)]])
+            where = origin[(msgid, language, text)]
+            rows[split_of(msgid)].append([msgid, text, language, one_hot[language], where])
         return rows
     # strings: one row per distinct text; English = the msgids of the catalogues read.
     languages_of: dict[str, set[str]] = collections.defaultdict(set)
@@ -210,6 +221,12 @@ def prepare_gettext(
     if all(os.path.exists(p) for p in [*paths.values(), manifest]):
         with open(manifest, encoding="utf-8") as f:
             info = json.load(f)
+        if info.get("version") != VERSION:
+            raise DataError(
+                f"{out_dir}: written by another version of the gettext recipe (layout "
+                f"{info.get('version', 1)}, this kerastx writes {VERSION}); delete {out_dir} "
+                f"to rebuild it"
+            )
         if info.get("catalogues_on_disk") != listing:
             raise DataError(
                 f"{out_dir}: built from other gettext catalogues than {locale_dir} holds now "
@@ -222,14 +239,9 @@ def prepare_gettext(
         raise DataError(f"gettext: no usable entry in the catalogues of {', '.join(languages)}")
     rows = _rows(found, listed["origin"], records, stats)
     os.makedirs(out_dir, exist_ok=True)
-    header = (
-        ["source", "target", "language", "catalogue"]
-        if records == "pairs"
-        else [
-            "source",
-            "label",
-        ]
-    )
+    header = ["source", "label"]
+    if records == "pairs":
+        header = ["source", "target", "language", "language_vector", "catalogue"]
     counts = {}
     for split, split_rows in rows.items():
         _write(paths[split], ["\t".join(header)] + ["\t".join(r) for r in split_rows])
@@ -240,6 +252,7 @@ def prepare_gettext(
         }
     info = {
         "source": f"gettext catalogues in {locale_dir}",
+        "version": VERSION,
         "records": records,
         "languages": languages,
         "split": f"sha256(English message)[:8] % 10000: < {TEST_BELOW} test, "

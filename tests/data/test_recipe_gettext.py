@@ -67,7 +67,7 @@ def test_pairs_are_deduplicated_split_by_message_and_counted(tmp_path):
     locale = _locale(tmp_path)
     paths = recipe_gettext.prepare_gettext(str(tmp_path / "data"), ["fr"], locale)
     header, rows = _all_rows(paths)
-    assert header == ["source", "target", "language", "catalogue"]
+    assert header == ["source", "target", "language", "language_vector", "catalogue"]
     every = {r[0]: (r[1], s) for s, split_rows in rows.items() for r in split_rows}
     # "Save": Enregistrer in a and c, Sauvegarder in b -> the most frequent one.
     assert every["Save"][0] == "Enregistrer"
@@ -92,6 +92,8 @@ def test_multilingual_pairs_carry_the_language(tmp_path):
     pairs = {(r[0], r[2]): r[1] for split_rows in rows.values() for r in split_rows}
     assert pairs[("Open %s", "de")] == "%s öffnen"
     assert pairs[("Open %s", "fr")] == "Ouvrir %s"
+    vectors = {r[2]: r[3] for split_rows in rows.values() for r in split_rows}
+    assert vectors == {"de": "1 0", "fr": "0 1"}  # one-hot over the sorted languages
     assert len(pairs) == 7 + 4
     # One message's translations all fall in one split.
     split_of = {}
@@ -124,6 +126,13 @@ def test_unreadable_catalogue_is_listed_and_changed_catalogues_are_refused(tmp_p
     manifest = _manifest(paths)
     assert [s["path"] for s in manifest["left_out"]["catalogues_unreadable"]] == [bad]
     assert recipe_gettext.prepare_gettext(data, ["fr"], locale) == paths  # unchanged: reused
+    manifest_path = os.path.join(os.path.dirname(paths["train"]), "manifest.json")
+    with open(manifest_path, "w", encoding="utf-8") as f:
+        json.dump({**manifest, "version": 1}, f)
+    with pytest.raises(DataError, match=r"another version of the gettext recipe.*delete"):
+        recipe_gettext.prepare_gettext(data, ["fr"], locale)
+    with open(manifest_path, "w", encoding="utf-8") as f:
+        json.dump(manifest, f)
     recipe_gettext.write_mo(os.path.join(locale, "fr", "LC_MESSAGES", "new.mo"), {"Yes": "Oui"})
     with pytest.raises(DataError, match=r"built from other gettext catalogues.*delete"):
         recipe_gettext.prepare_gettext(data, ["fr"], locale)
