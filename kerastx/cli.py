@@ -300,6 +300,32 @@ def _cmd_export(args):
     return 0
 
 
+def _cmd_attention(args):
+    _import_tensorflow(_VERBOSE)
+    from kerastx import attention
+
+    result = attention.run(
+        args.run,
+        args.input,
+        args.output,
+        layer=args.layer,
+        head=args.head,
+        target=args.target,
+        checkpoint=args.checkpoint,
+    )
+    print(f"wrote {args.output} ({len(result['panels'])} panel(s))")
+    return 0
+
+
+def _cmd_curves(args):
+    _import_tensorflow(_VERBOSE)
+    from kerastx import curves
+
+    curves.run(args.runs, args.output, metric=args.metric, x=args.x)
+    print(f"wrote {args.output}")
+    return 0
+
+
 def _cmd_launch(args):
     from kerastx.train import launch
 
@@ -386,6 +412,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="export directory (default: <run>/export)")
     _checkpoint_arg(p)
     p.set_defaults(func=_cmd_export)
+
+    p = verbs.add_parser(
+        "attention", help="draw a seq2seq run's cross-attention for one input (PNG)"
+    )
+    p.add_argument("run", help="run directory (an encoder-decoder run)")
+    p.add_argument("--input", "-i", required=True, help="the input text")
+    p.add_argument("--output", "-o", required=True, help="PNG file to write")
+    p.add_argument(
+        "--layer", help="decoder layer, 1..L, or all (default: the last)", metavar="N|all"
+    )
+    p.add_argument(
+        "--head",
+        default="mean",
+        metavar="N|mean|all",
+        help="head 1..N, mean (over heads, the default) or all (one panel each)",
+    )
+    p.add_argument(
+        "--target", help="draw the attention for this output text instead of the decoded one"
+    )
+    _checkpoint_arg(p)
+    p.set_defaults(func=_cmd_attention)
+
+    p = verbs.add_parser("curves", help="train loss and a dev metric of runs, as a PNG")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories (one line each)")
+    p.add_argument("--output", "-o", required=True, help="PNG file to write")
+    p.add_argument(
+        "--metric",
+        help="dev metric (eval/<metric>; default: the first run's evaluation.best_metric)",
+    )
+    p.add_argument(
+        "--x", default="minutes", choices=("minutes", "steps"), help="the x axis (default: minutes)"
+    )
+    p.set_defaults(func=_cmd_curves)
 
     p = verbs.add_parser("validate", help="check an experiment and print it resolved")
     _experiment_args(p)

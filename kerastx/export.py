@@ -17,9 +17,16 @@ continuation only (the prompt is not repeated):
   `prompt_ids (B, P)` (BOS + tokens, 0-padded) - and the same settings -> `ids (B, N, T)`,
   `scores`, `log_probs`, `lengths`.
 
+A model with a condition takes it as one more input of each of the three signatures,
+`condition`: a `(B,)` string tensor of tags (`model.num_conditions`; mapped in the graph
+to ids with the run's `conditions.txt`, which travels in `assets/`; a tag not in it fails
+the call with an InvalidArgumentError naming the known tags; `condition_tags()` returns
+them) or a `(B, condition_dim)` float32 tensor (`model.condition_dim`; NaN or inf fails
+the call). In Python it is the second argument: `loaded.translate(text, condition)`.
+
 EncoderClassifier: `serving_default` and `classify`: `text (B,)` -> `label (B,)` string,
 `score (B,)` (its probability), `probabilities (B, C)` float32, `classes (B, C)` string
-(the label of each column).
+(the label of each column). A classifier with a condition cannot be exported yet.
 
 From Python, `loaded.translate(text, beam_size=4)` takes the settings as optional
 keyword arguments (default: the run's `decoding:` section); `loaded.decode_ids` too.
@@ -54,18 +61,18 @@ class ExportParityError(KerastxError):
     """The exported model decodes differently from the framework."""
 
 
-def _with_settings(impl, first: str, first_spec, defaults: dict):
-    """`impl(first, **settings)` as a `tf.function` whose per-request settings are
+def _with_settings(impl, leading: list[tuple[str, tf.TensorSpec]], defaults: dict):
+    """`impl(*leading, **settings)` as a `tf.function` whose per-request settings are
     optional keyword arguments for Python callers and inputs of its signature.
 
     Args:
-        impl: callable `(first, **settings) -> dict of tensors`.
-        first: str. Name of the first argument (the signature's batch input).
-        first_spec: tf.TensorSpec of the first argument.
+        impl: callable `(*leading, **settings) -> dict of tensors`.
+        leading: list of (name, tf.TensorSpec). The batch inputs (the text or ids, and
+            the condition of a conditioned model), required, in this order.
         defaults: dict. Python defaults of `inference.REQUEST_SETTINGS`.
     """
     param = inspect.Parameter
-    params = [param(first, param.POSITIONAL_OR_KEYWORD)]
+    params = [param(name, param.POSITIONAL_OR_KEYWORD) for name, _ in leading]
     params += [
         param(name, param.POSITIONAL_OR_KEYWORD, default=defaults[name])
         for name, _ in inference.REQUEST_SETTINGS
@@ -76,11 +83,13 @@ def _with_settings(impl, first: str, first_spec, defaults: dict):
         bound = signature.bind(*args, **kwargs)
         bound.apply_defaults()
         request = dict(bound.arguments)
-        return impl(request.pop(first), **request)
+        return impl(*(request.pop(name) for name, _ in leading), **request)
 
     function.__signature__ = signature  # what tf.function reads for names and defaults
     function.__name__ = impl.__name__
-    specs = [first_spec] + [tf.TensorSpec([], dtype) for _, dtype in inference.REQUEST_SETTINGS]
+    specs = [spec for _, spec in leading] + [
+        tf.TensorSpec([], dtype) for _, dtype in inference.REQUEST_SETTINGS
+    ]
     return tf.function(function, input_signature=specs)
 
 
@@ -97,6 +106,8 @@ class TextExport(tf.Module):
         max_input_length: int. seq2seq: longest source (tokens with EOS); decoder_lm:
             longest prompt (tokens, BOS not counted). Longer input is cut.
         config_path: str. The run's config.yaml, copied into assets/.
+        conditions: TagVocabulary or None. The run's condition tags (a model with
+            `num_conditions`); None reads `vocab/conditions.txt` next to `config_path`.
     """
 
     def __init__(
@@ -108,6 +119,7 @@ class TextExport(tf.Module):
         settings: dict,
         max_input_length: int,
         config_path: str,
+        conditions=None,
     ):
         super().__init__(name="kerastx_export")
         self.model_variables = list(model.variables)
@@ -118,9 +130,14 @@ class TextExport(tf.Module):
         defaults = inference.request_defaults(settings)
         key = task.decode_input_key
         encode = task.encode_text
+        condition_spec = self._condition_input(model, conditions, config_path)
+        extra = [("condition", condition_spec)] if condition_spec is not None else []
 
-        def decode_ids(ids, **request):
-            result = inference.decode_request(model, task, {key: ids}, request, settings)
+        def decode_ids(ids, *condition, **request):
+            inputs = {key: ids}
+            if condition:
+                inputs["condition"] = self._model_condition(condition[0])
+            result = inference.decode_request(model, task, inputs, request, settings)
             return {
                 "ids": result.ids,
                 "scores": result.normalized_scores,
@@ -130,27 +147,77 @@ class TextExport(tf.Module):
 
         # Each function calls the one below it, so the decoding graph is traced (and
         # stored in the SavedModel) once.
-        def translate(text, **request):
-            out = self.decode_ids(encode(source_tokenizer, text, max_input_length), **request)
+        def translate(text, *condition, **request):
+            ids = encode(source_tokenizer, text, max_input_length)
+            out = self.decode_ids(ids, *condition, **request)
             ids = out.pop("ids")  # (B, N, T)
             shape = tf.shape(ids)
             flat = tf.reshape(ids, [shape[0] * shape[1], shape[2]])
             texts = tf.reshape(target_tokenizer.detokenize(flat), shape[:2])  # (B, N)
             return {"output": texts[:, 0], "outputs": texts, **out}
 
-        def translate_default(text):
+        def translate_default(text, *condition):
             request = {
                 name: tf.constant(defaults[name], dtype)
                 for name, dtype in inference.REQUEST_SETTINGS
             }
-            out = self.translate(text, **request)
+            out = self.translate(text, *condition, **request)
             return {"output": out["output"], "score": out["scores"][:, 0]}
 
         decode_ids.__name__ = "decode_ids"
         translate.__name__ = "translate"
-        self.decode_ids = _with_settings(decode_ids, key, _IDS, defaults)
-        self.translate = _with_settings(translate, "text", _STRINGS, defaults)
-        self.translate_default = tf.function(translate_default, input_signature=[_STRINGS])
+        self.decode_ids = _with_settings(decode_ids, [(key, _IDS), *extra], defaults)
+        self.translate = _with_settings(translate, [("text", _STRINGS), *extra], defaults)
+        if extra:  # named arguments: the signature's input names
+
+            def serving_default(text, condition):
+                return translate_default(text, condition)
+
+        else:
+
+            def serving_default(text):
+                return translate_default(text)
+
+        self.translate_default = tf.function(
+            serving_default, input_signature=[_STRINGS] + [spec for _, spec in extra]
+        )
+
+    def _condition_input(self, model, conditions, config_path: str):
+        """The signature spec of the model's condition (None without one); keeps the tag
+        vocabulary (an asset) and `condition_tags()` for tag conditions."""
+        self.condition_dim = int(getattr(model, "condition_dim", 0) or 0)
+        if getattr(model, "num_conditions", 0):
+            if conditions is None:
+                from kerastx.data.tokenizers import TagVocabulary
+
+                path = os.path.join(os.path.dirname(config_path), "vocab", "conditions.txt")
+                conditions = TagVocabulary(path, name="conditions")
+            self.conditions = conditions
+            tags = tf.constant(list(conditions.tags), tf.string)
+            self.condition_tags = tf.function(lambda: tags, input_signature=[])
+            return _STRINGS
+        if self.condition_dim:
+            return tf.TensorSpec([None, self.condition_dim], tf.float32)
+        return None
+
+    def _model_condition(self, condition):
+        """A signature's condition -> the model's: tags -> `(B,)` int32 ids (an unknown
+        tag fails with the known tags), vectors -> `(B, C)` float32 (checked finite)."""
+        if self.condition_dim:
+            return tf.debugging.assert_all_finite(
+                condition, "condition: a condition vector holds NaN or inf"
+            )
+        ids = self.conditions.lookup(condition)
+        known = ", ".join(self.conditions.tags)
+        check = tf.debugging.Assert(
+            tf.reduce_all(ids >= 0),
+            [
+                f"condition: a tag not in the run's conditions.txt (tags: {known}); got:",
+                tf.boolean_mask(condition, ids < 0),
+            ],
+        )
+        with tf.control_dependencies([check]):
+            return tf.identity(ids)
 
     def signatures(self) -> dict:
         return {
@@ -173,6 +240,11 @@ class ClassifierExport(tf.Module):
 
     def __init__(self, model, tokenizer, labels, max_input_length: int, config_path: str):
         super().__init__(name="kerastx_export")
+        if getattr(model, "num_conditions", 0) or getattr(model, "condition_dim", 0):
+            raise KerastxError(
+                "export: classifiers with a condition (model.num_conditions/condition_dim) "
+                "cannot be exported yet"
+            )
         self.model_variables = list(model.variables)
         self.source_tokenizer = tokenizer
         self.labels = labels
@@ -199,13 +271,7 @@ class ClassifierExport(tf.Module):
 
 
 def build_module(task, model, data) -> tf.Module:
-    """The export module of a run (any family, without a condition)."""
-    cfg = task.cfg
-    if cfg.model.num_conditions or cfg.model.condition_dim:
-        raise KerastxError(
-            "export: models with a condition (model.num_conditions/condition_dim) cannot be "
-            "exported yet"
-        )
+    """The export module of a run (any family; a condition is a signature input)."""
     return task.export_module(model, data)
 
 
@@ -236,21 +302,28 @@ def _raise_mismatches(sources, ours, theirs) -> None:
 def compare_with_pipeline(task, loaded, model, data, split: str, count: int) -> int:
     """Parity of an encoder-decoder: the framework decodes the training pipeline's
     encoding of the sources (`evaluate.decode_split`), the SavedModel the raw text
-    (`serving_default`), so the in-graph tokenization is checked too.
+    (`serving_default`), so the in-graph tokenization is checked too; a conditioned
+    model gets each example's condition both ways (the tag mapped in the graph).
 
     Returns:
         The number of examples checked.
     """
-    from kerastx import evaluate
+    from kerastx import evaluate, predict
 
     settings = inference.settings_from_config(task.cfg.decoding)
     decode = task.text_decoder(model, data, settings)
     hyps, sources = evaluate.decode_split(task, data, split, decode, max_examples=count)
+    # With a condition the sources are `CONDITION<TAB>TEXT` lines: each example's own
+    # condition is fed to the export.
+    condition, texts = predict.export_conditions(loaded, sources)
     batch_size = task.cfg.decoding.batch_size
     outputs = []
-    for start in range(0, len(sources), batch_size):
-        batch = tf.constant(sources[start : start + batch_size])
-        result = loaded.signatures["serving_default"](text=batch)
+    for start in range(0, len(texts), batch_size):
+        request = {"text": tf.constant(texts[start : start + batch_size])}
+        if condition is not None:
+            idx = list(range(start, min(start + batch_size, len(texts))))
+            request["condition"] = predict.export_condition_batch(condition, idx)
+        result = loaded.signatures["serving_default"](**request)
         outputs.extend(t.decode("utf-8") for t in result["output"].numpy())
     _raise_mismatches(sources, hyps, outputs)
     return len(sources)

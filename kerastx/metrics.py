@@ -195,9 +195,49 @@ METRICS = {
             "share of outputs whose placeholders (%s, {name}, <b>) equal the reference's, %",
         ),
         Metric("macro_f1", True, macro_f1, "macro-averaged F1 over the reference classes, %"),
+        Metric(
+            "bits_per_byte",
+            False,
+            None,
+            "language models: NLL in bits of the text's tokens and each example's EOS, "
+            "over the text's UTF-8 bytes (loss pass; anchors: compression_bits_per_byte)",
+        ),
     )
 }
-LOSS_METRICS = tuple(name for name, m in METRICS.items() if m.compute is None)
+# Loss-pass metrics that only a family whose labels are text tokens reports (it lists
+# them in its `metric_names`); the other loss-pass metrics come with every task.
+TEXT_LOSS_METRICS = ("bits_per_byte",)
+LOSS_METRICS = tuple(
+    name for name, m in METRICS.items() if m.compute is None and name not in TEXT_LOSS_METRICS
+)
+
+
+def compression_bits_per_byte(data: bytes) -> dict:
+    """The compressor anchors of a language model's bits per byte, on the same bytes.
+
+    `8 * len(compressed) / len(data)`, container headers included, with Python's
+    `lzma.compress(data, preset=9)` (what `xz -9` writes: the .xz format, CRC64 check,
+    not the `-9e` extreme preset) and `gzip.compress(data, compresslevel=9, mtime=0)`
+    (`gzip -9 -n`, no file name or time in the header). A model's figure is measured on
+    examples read one by one, the compressors on the concatenation (they see context
+    across example boundaries); both divide by the same byte count.
+
+    Returns:
+        dict: `anchor_xz_bits_per_byte`, `anchor_gzip_bits_per_byte` (float) and
+        `anchor_bytes` (int); empty for empty `data`.
+    """
+    import gzip
+    import lzma
+
+    if not data:
+        return {}
+    return {
+        "anchor_xz_bits_per_byte": 8.0 * len(lzma.compress(data, preset=9)) / len(data),
+        "anchor_gzip_bits_per_byte": 8.0
+        * len(gzip.compress(data, compresslevel=9, mtime=0))
+        / len(data),
+        "anchor_bytes": len(data),
+    }
 
 
 def signed(name: str, value: float) -> float:

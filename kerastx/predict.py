@@ -11,6 +11,12 @@ the label).
 With `n_best > 1` (beam search) every input gives `n_best` lines
 `INDEX ||| OUTPUT ||| SCORE` (INDEX = 0-based input line, SCORE = the ranking score).
 
+A model with a condition (`model.num_conditions` tags or a `model.condition_dim` vector)
+reads `CONDITION<TAB>TEXT` lines: the tag (one of the run's `conditions.txt`), or the
+vector's `condition_dim` numbers separated by spaces, a tab, then the text (the format of
+`kerastx.data.conditions`; a line without a tab, an unknown tag or a bad vector is refused
+with its line number). The same lines work for a run and for its export.
+
 Input is UTF-8 text, from a file or stdin alike (`read_lines`). An input longer than the
 model takes (`data.max_source_length`; the task's `input_tokens_kept`) is cut to it and
 counted, one warning line for all (`long_lines`, `check_long_inputs`), or refused under
@@ -27,6 +33,7 @@ import numpy as np
 import tensorflow as tf
 
 from kerastx import inference
+from kerastx.data import conditions as conditions_lib
 from kerastx.data.textio import split_lines
 from kerastx.errors import KerastxError
 from kerastx.special_ids import BOS_ID, EOS_ID
@@ -182,11 +189,105 @@ def _strings(values) -> list[str]:
     return [v.decode("utf-8") for v in values]
 
 
+def split_conditions(lines: list[str], dim: int, tags, name: str | None = None):
+    """Conditioned input lines `CONDITION<TAB>TEXT` -> `(conditions, texts)`, checked.
+
+    Args:
+        lines: list of str.
+        dim: int. > 0: the condition is a vector of `dim` numbers; 0: a tag.
+        tags: list of str or None. The known tags (checked when given).
+        name: str or None. The file the lines come from (named in messages).
+
+    Returns:
+        `(conditions, texts)`: tags (str) or `(dim,)` float32 vectors, and the texts.
+
+    Raises:
+        KerastxError: a line without a tab, an unknown tag or a bad vector (its line).
+    """
+    out, texts = [], []
+    for n, line in enumerate(lines):
+        at = f"{name}:{n + 1}" if name else f"input line {n + 1}"
+        try:
+            condition, text = conditions_lib.split_line(line)
+        except ValueError:
+            raise KerastxError(
+                f"{at}: the model takes a condition; give 'CONDITION<TAB>TEXT' lines "
+                f"(the {'vector' if dim else 'tag'}, a tab, the text); found no tab"
+            ) from None
+        if dim:
+            problem = conditions_lib.vector_problem(condition, dim)
+            if problem is not None:
+                raise KerastxError(f"{at}: condition {condition!r}: {problem}")
+            out.append(np.asarray([float(v) for v in condition.split()], np.float32))
+        else:
+            if tags is not None and condition not in tags:
+                raise KerastxError(
+                    f"{at}: condition {condition!r} is not a tag of the model "
+                    f"(tags: {', '.join(tags)})"
+                )
+            out.append(condition)
+        texts.append(text)
+    return out, texts
+
+
+def run_condition_tags(data) -> list[str] | None:
+    """The tags of a run's tag conditions, or None (vectors, or no condition)."""
+    return list(data.conditions.tags) if data.conditions is not None else None
+
+
+def _run_conditions(task, data, lines: list[str]):
+    """(condition tensor builder or None, texts) of a run's input lines."""
+    m = task.cfg.model
+    if not (m.num_conditions or m.condition_dim):
+        return None, lines
+    tags = run_condition_tags(data)
+    if m.num_conditions and tags is None:
+        raise KerastxError("predict: the run has no conditions.txt (no condition_column)")
+    values, texts = split_conditions(lines, m.condition_dim, tags)
+
+    def batch(idx):
+        if m.condition_dim:
+            return tf.constant(np.stack([values[i] for i in idx]), tf.float32)
+        return tf.constant([tags.index(values[i]) for i in idx], tf.int32)
+
+    return batch, texts
+
+
+def export_condition_spec(loaded):
+    """The `condition` input of an export's `decode` signature (a `tf.TensorSpec`:
+    `(B,)` string tags or `(B, C)` float32 vectors), or None without a condition."""
+    return loaded.signatures["decode"].structured_input_signature[1].get("condition")
+
+
+def export_conditions(loaded, lines: list[str], name: str | None = None):
+    """(condition values or None, texts) of input lines for an export: the `condition`
+    tensor of each batch is `tf.constant(values[start:end])`."""
+    spec = export_condition_spec(loaded)
+    if spec is None:
+        return None, lines
+    if spec.dtype == tf.string:
+        tags = [t.decode("utf-8") for t in loaded.condition_tags().numpy()]
+        return split_conditions(lines, 0, tags, name)
+    values, texts = split_conditions(lines, int(spec.shape[-1]), None, name)
+    return np.stack(values).astype(np.float32) if values else values, texts
+
+
+def export_condition_batch(values, idx):
+    """The `condition` input of an export for the inputs `idx` (see `export_conditions`)."""
+    if isinstance(values, np.ndarray):
+        return tf.constant(values[idx], tf.float32)
+    return tf.constant([values[i] for i in idx], tf.string)
+
+
 def split_texts(data, split: str, count: int) -> list[str]:
-    """The first `count` distinct source texts of an evaluation split, in its order."""
+    """The first `count` distinct inputs of an evaluation split, in its order (with a
+    condition: the lines `CONDITION<TAB>source`, see `DataModule.input_lines`)."""
     seen: dict[str, None] = {}
     for batch in data.eval_dataset(split, 256):
-        for text in _strings(batch["source_text"].numpy()):
+        texts = _strings(batch["source_text"].numpy())
+        if "condition" in batch:
+            texts = data.input_lines(batch["condition"].numpy(), texts)
+        for text in texts:
             seen.setdefault(text, None)
             if len(seen) >= count:
                 return list(seen)
@@ -195,6 +296,8 @@ def split_texts(data, split: str, count: int) -> list[str]:
 
 def classify_lines(model, data, cfg, lines: list[str], batch_size: int) -> Decoded:
     """A classifier's `predict`: the label of each line, with its probability."""
+    if cfg.model.num_conditions or cfg.model.condition_dim:
+        raise KerastxError("predict: classifiers with a condition are not supported yet")
     limit = cfg.data.max_source_length
     names = list(data.labels.tags)
     out = Decoded([None] * len(lines), [None] * len(lines), [None] * len(lines))
@@ -220,11 +323,14 @@ def generate_lines(
     """A generation task's `predict`: the cached decoder on the task's encoding of each
     line (a seq2seq source, an LM prompt), in length-sorted batches."""
     limit = task.cfg.data.max_source_length
+    condition, lines = _run_conditions(task, data, lines)
     out = Decoded([None] * len(lines), [None] * len(lines))
     decoder = inference.Decoder(model, task, settings, jit_compile=jit)
     for idx in length_sorted_batches(lines, batch_size):
         text = tf.constant([lines[i] for i in idx])
         inputs = {task.decode_input_key: task.encode_text(data.source_tokenizer, text, limit)}
+        if condition is not None:
+            inputs["condition"] = condition(idx)
         result = decoder(inputs)
         ids = result.ids if result.ids.shape.rank == 3 else result.ids[:, None]
         flat = tf.reshape(ids, [-1, tf.shape(ids)[2]])
@@ -250,12 +356,15 @@ def classify_with_export(loaded, lines: list[str], batch_size: int) -> Decoded:
 
 def generate_with_export(loaded, lines: list[str], settings: dict, batch_size: int) -> Decoded:
     """A generation task's `predict_exported`: the `decode` signature with `settings`."""
+    condition, lines = export_conditions(loaded, lines)
     out = Decoded([None] * len(lines), [None] * len(lines))
     defaults = inference.request_defaults(settings)
     request = {
         name: tf.constant(defaults[name], dtype) for name, dtype in inference.REQUEST_SETTINGS
     }
     for idx in length_sorted_batches(lines, batch_size):
+        if condition is not None:
+            request["condition"] = export_condition_batch(condition, idx)
         result = loaded.signatures["decode"](text=tf.constant([lines[i] for i in idx]), **request)
         texts, scores = result["outputs"].numpy(), result["scores"].numpy()
         for row, i in enumerate(idx):

@@ -444,10 +444,16 @@ def predict_lines(
         run = runs.load_run(path, overrides)
         cfg, task = run.cfg, run.task
         tokenize = run.data.source_tokenizer.tokenize
+    texts = lines
     if cfg.model.num_conditions or cfg.model.condition_dim:
-        raise KerastxError("predict: models with a condition are not supported yet")
+        # `CONDITION<TAB>TEXT` lines, checked here so a message names the input file.
+        if exported:
+            _, texts = predict.export_conditions(loaded, lines, source)
+        else:
+            tags = predict.run_condition_tags(run.data)
+            _, texts = predict.split_conditions(lines, cfg.model.condition_dim, tags, source)
     settings = inference.settings_from_config(dec)
-    long = predict.long_lines(tokenize, lines, task.input_tokens_kept())
+    long = predict.long_lines(tokenize, texts, task.input_tokens_kept())
     predict.check_long_inputs(long, len(lines), cfg.data.max_source_length, dec.long_inputs, source)
     if exported:
         decoded = task.predict_exported(loaded, lines, settings, dec.batch_size)

@@ -24,8 +24,9 @@ CORPUS_TYPES = (
     "synthetic",
     "cmudict",
     "gettext",
+    "stdlib",
 )
-TOKENIZER_TYPES = ("chars", "words", "wordpiece", "sentencepiece", "symbols")
+TOKENIZER_TYPES = ("chars", "words", "wordpiece", "sentencepiece", "symbols", "bytes")
 # What each `training.init_parts` entry copies from `training.init_from`, by variable path.
 INIT_PARTS = {
     "encoder": "encoder layers and the encoder's final norm",
@@ -77,7 +78,7 @@ class CorpusConfig:
     )
     split: str = option(
         "train",
-        doc="cmudict, gettext: which split of the recipe",
+        doc="cmudict, gettext, stdlib: which split of the recipe",
         choices=("train", "dev", "test"),
     )
     keep_stress: bool = option(False, doc="cmudict: keep stress digits on vowels (AH0)")
@@ -96,6 +97,22 @@ class CorpusConfig:
         "source, label) for language identification",
         choices=("pairs", "strings"),
     )
+    stdlib_dir: str | None = option(
+        None,
+        doc="stdlib: the Python sources read (site-packages, dist-packages always left "
+        "out); default: sysconfig.get_paths()['stdlib'] of the running Python",
+        unit="path",
+    )
+    chunk_bytes: int = option(
+        1024,
+        doc="stdlib: files are cut at line ends into examples of at most this many UTF-8 "
+        "bytes (a longer line is cut); data.max_source_length must be > this",
+        unit="bytes",
+        ge=16,
+    )
+    include_tests: bool = option(
+        False, doc="stdlib: also read the test directories (test/, tests/, idle_test/)"
+    )
     weight: float = option(
         1.0, doc="sampling weight among the training corpora", unit="relative", gt=0
     )
@@ -105,7 +122,11 @@ class CorpusConfig:
 class TokenizerConfig:
     """How text becomes token ids, inside the TensorFlow graph."""
 
-    type: str = option("chars", doc="tokenizer kind", choices=TOKENIZER_TYPES)
+    type: str = option(
+        "chars",
+        doc="tokenizer kind (bytes: UTF-8 bytes, 260 fixed ids, lossless, also on newlines)",
+        choices=TOKENIZER_TYPES,
+    )
     vocab: str | None = option(
         None,
         doc="vocabulary (or SentencePiece model) file; default: built from the training "
@@ -497,6 +518,13 @@ class EvaluationConfig:
         doc="dev examples whose cross-attention maps go to TensorBoard",
         unit="examples",
         ge=0,
+        resume_safe=True,
+    )
+    prompts: list[str] = option(
+        default_factory=list,
+        doc="inputs decoded at every evaluation with the decoding: settings (e.g. top-p "
+        "sampling), in TensorBoard as eval/completions and in eval_<split>.json: a "
+        "language model's continuations of these prompts",
         resume_safe=True,
     )
 

@@ -39,6 +39,7 @@ CORPUS_KEYS = {
         "label_column",
         "condition_column",
     ),
+    "stdlib": ("split", "stdlib_dir", "chunk_bytes", "include_tests"),
 }
 CORPUS_REQUIRED = {
     "parallel": ("source", "target"),
@@ -88,9 +89,7 @@ def _check_corpus(c: _Checker, corpus: CorpusConfig, path: tuple, task) -> None:
             if f.name in ("type", "weight") or f.name in reads:
                 continue
             with c.rule():
-                default = (
-                    f.default_factory() if f.default is dataclasses.MISSING else f.default
-                )
+                default = f.default_factory() if f.default is dataclasses.MISSING else f.default
                 if c.prov.explicit(path + (f.name,)) and getattr(corpus, f.name) != default:
                     c.fail(
                         path + (f.name,),

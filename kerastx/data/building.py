@@ -13,7 +13,8 @@ settings changed since it was built (manifest), loading stops with a `DataError`
 says which file to delete. A vocabulary given in the config (`tokenizer.vocab`) is
 used directly and never written.
 
-Building: chars, words and symbols keep the most frequent pieces (ties in code-point
+Building: bytes writes its fixed 260 entries (`tokenizers.BYTE_ENTRIES`, nothing
+counted); chars, words and symbols keep the most frequent pieces (ties in code-point
 order) seen at least `min_frequency` times, up to `vocab_size` entries with the four
 special ones. wordpiece runs tensorflow_text's WordPiece learner
 (`wordpiece_tokenizer_learner_lib.learn`) on whitespace-split word counts. sentencepiece
@@ -125,6 +126,9 @@ def build_vocab_file(path: str, texts: list[str], tok, seed: int) -> None:
     """
     if tok.type == "sentencepiece":
         _train_sentencepiece(path, texts, tok, seed)
+        return
+    if tok.type == "bytes":  # fixed: one entry per byte, whatever the data
+        vocab_lib.write_entries(path, list(tokenizers.BYTE_ENTRIES))
         return
     if tok.type == "wordpiece":
         from tensorflow_text.tools.wordpiece_vocab import wordpiece_tokenizer_learner_lib as wp

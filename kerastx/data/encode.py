@@ -23,6 +23,7 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
+from kerastx.data import conditions
 from kerastx.data.errors import DataError
 from kerastx.data.sources import RawCorpus, example_id
 from kerastx.special_ids import UNK_ID
@@ -77,7 +78,7 @@ class Encoded:
         source: Ragged. Source (or LM text) tokens, without specials.
         target: Ragged or None. Target tokens, without specials.
         label: int32 array or None.
-        condition: int32 array or None.
+        condition: int32 tag ids `(N,)`, float32 vectors `(N, condition_dim)`, or None.
         example_id: int64 array.
         rows: int64 array. Position of each kept example in the raw corpus.
         counts: dict. examples, kept, dropped (too long), empty (dropped as empty),
@@ -139,16 +140,20 @@ def encode_corpus(
     limits: tuple[int, int],
     policy: str,
     empty_policy: str = "drop",
+    condition_column: str | None = None,
 ) -> Encoded:
     """Tokenizes a corpus, drops empty examples and applies the length policy.
 
     Args:
         raw: RawCorpus.
         corpus_index: int. Its position in data.train (0 for dev/test); goes into ids.
-        module: object with `source_tokenizer`, `target_tokenizer`, `labels`, `conditions`.
+        module: object with `source_tokenizer`, `target_tokenizer`, `labels`, `conditions`
+            (and `condition_dim`: > 0 reads the conditions as vectors, see
+            `kerastx.data.conditions`).
         limits: (max_source_length, max_target_length) in model lengths.
         policy: str. "drop", "truncate", "error", or "eval" (truncate, never drop).
         empty_policy: str. `data.empty_examples`: "drop" or "error".
+        condition_column: str or None. Named in the message of a bad condition vector.
 
     Returns:
         An `Encoded`.
@@ -194,7 +199,11 @@ def encode_corpus(
         label = _tag_ids(raw.label, module.labels.tags, module.labels.path, raw.where, "label")[
             rows
         ]
-    if raw.condition is not None and module.conditions is not None:
+    dim = getattr(module, "condition_dim", 0)
+    if raw.condition is not None and dim:
+        condition = conditions.parse_vectors(raw.condition, dim, raw.where, condition_column)
+        condition = condition[rows]
+    elif raw.condition is not None and module.conditions is not None:
         condition = _tag_ids(
             raw.condition, module.conditions.tags, module.conditions.path, raw.where, "condition"
         )[rows]

@@ -13,7 +13,16 @@ import numpy as np
 import tensorflow as tf
 
 from kerastx import tasks
-from kerastx.data import batching, building, encode, pipeline, shards, sources, tokenizers
+from kerastx.data import (
+    batching,
+    building,
+    conditions,
+    encode,
+    pipeline,
+    shards,
+    sources,
+    tokenizers,
+)
 from kerastx.data.errors import DataError
 
 logger = logging.getLogger("kerastx.data")
@@ -42,7 +51,10 @@ class DataModule:
             `source_tokenizer` with shared_vocab; for decoder_lm the source tokenizer;
             None for classifiers).
         labels: TagVocabulary or None. Classifier labels.
-        conditions: TagVocabulary or None. Condition tags (`condition_column`).
+        conditions: TagVocabulary or None. Condition tags (`condition_column` with
+            `model.num_conditions`).
+        condition_dim: int. > 0: the conditions are float vectors of this length
+            (`model.condition_dim`; batches hold `condition (B, condition_dim)` float32).
         boundaries: int array. Bucket boundaries (padded lengths).
         streamed: bool. Training corpora are streamed from their files.
     """
@@ -86,6 +98,7 @@ class DataModule:
         self.conditions = (
             tokenizers.TagVocabulary(paths["conditions"]) if "conditions" in paths else None
         )
+        self.condition_dim = int(cfg.model.condition_dim or 0)
         self.paths = dict(paths)
         self.max_length = self.task(cfg).max_length()
         self.boundaries = batching.bucket_boundaries(
@@ -126,7 +139,15 @@ class DataModule:
                 raw = building.load_train_corpora(self.cfg)
             d = self.cfg.data
             self._train = [
-                encode.encode_corpus(r, i, self, self._limits(), d.length_policy, d.empty_examples)
+                encode.encode_corpus(
+                    r,
+                    i,
+                    self,
+                    self._limits(),
+                    d.length_policy,
+                    d.empty_examples,
+                    _condition_column(d.train[i] if i < len(d.train) else None),
+                )
                 for i, r in enumerate(raw)
             ]
             self._raw_train = None  # the strings are not needed any more
@@ -150,7 +171,13 @@ class DataModule:
                     corpus, split, 0, self.task.fields, self.cfg.data, self.cfg.seed
                 )
             enc = encode.encode_corpus(
-                raw, 0, self, self._limits(), "eval", self.cfg.data.empty_examples
+                raw,
+                0,
+                self,
+                self._limits(),
+                "eval",
+                self.cfg.data.empty_examples,
+                _condition_column(corpus),
             )
             _log_counts(enc.name, enc.counts)
             if not len(enc):
@@ -186,7 +213,9 @@ class DataModule:
                 label=cat([c.label for c in corpora], np.int32)
                 if corpora[0].label is not None
                 else None,
-                condition=cat([c.condition for c in corpora], np.int32)
+                condition=cat(
+                    [c.condition for c in corpora], np.float32 if self.condition_dim else np.int32
+                )
                 if corpora[0].condition is not None
                 else None,
             )
@@ -211,6 +240,12 @@ class DataModule:
 
         if not self.streamed:
             raise ValueError("stream_dataset: the training corpora are read in memory")
+        if self.condition_dim:
+            raise DataError(
+                "data.train: condition vectors (model.condition_dim) are read in memory only, "
+                "not streamed; set data.stream: false (or use tag conditions, "
+                "model.num_conditions)"
+            )
         if self._stream is None:
             from kerastx.data import prepared
 
@@ -363,17 +398,41 @@ class DataModule:
 
         For G2P a word with several pronunciations counts as correct if the output equals
         any of them. Classifiers: text -> labels. Decoder-only LMs: empty (no references).
+        With a condition the key is the input line `CONDITION<TAB>source` (see
+        `input_lines`): the same source under two conditions has its own references.
         """
-        raw, _ = self._eval_split(split)
+        raw, enc = self._eval_split(split)
         refs = raw.target if raw.target is not None else raw.label
         out: dict[str, list[str]] = {}
         if refs is None:
             return out
-        for source, ref in zip(raw.source, refs):
+        keys = raw.source
+        if enc.condition is not None:
+            texts = [raw.source[i] for i in enc.rows]
+            keys = self.input_lines(enc.condition, texts)
+            refs = [refs[i] for i in enc.rows]
+        for source, ref in zip(keys, refs):
             known = out.setdefault(source, [])
             if ref not in known:
                 known.append(ref)
         return out
+
+    def condition_strings(self, values) -> list[str]:
+        """Conditions as text: `(N,)` tag ids -> tags, `(N, C)` vectors -> numbers
+        separated by spaces (`conditions.vector_text`)."""
+        values = np.asarray(values)
+        if self.condition_dim:
+            return [conditions.vector_text(v) for v in values]
+        return [self.conditions.tags[int(i)] for i in values]
+
+    def input_lines(self, condition, texts: list[str]) -> list[str]:
+        """The input lines `CONDITION<TAB>TEXT` of conditioned examples (what `kerastx
+        predict` reads for a conditioned model), or the texts without a condition."""
+        if condition is None:
+            return list(texts)
+        return [
+            conditions.join_line(c, t) for c, t in zip(self.condition_strings(condition), texts)
+        ]
 
     def split_counts(self, split: str) -> dict:
         """The counts of one evaluation split (examples, truncated, ...; see `report`)."""
@@ -391,6 +450,10 @@ class DataModule:
                 raw, enc = self._eval_split(split)
                 out[split] = _summed([(enc.name, enc.counts)])
         return out
+
+
+def _condition_column(corpus) -> str | None:
+    return getattr(corpus, "condition_column", None)
 
 
 def _summed(named: list[tuple[str, dict]]) -> dict:

@@ -42,7 +42,7 @@ from kerastx.data.errors import DataError
 
 # Recipe corpus types read through another type once their files exist (cmudict is still
 # read as itself: its reader, `parallel`, needs two files).
-RESOLVED_AS = {"gettext": "tsv"}
+RESOLVED_AS = {"gettext": "tsv", "stdlib": "tfrecord"}
 
 SPLITS = ("train", "dev", "test")
 TEST_BELOW = 960
@@ -142,13 +142,24 @@ def prepare_cmudict(data_dir: str, keep_stress: bool = False) -> dict[str, tuple
 
 
 def resolve(corpus, data_cfg):
-    """A recipe corpus (gettext) as the corpus type it is read as, its files written.
+    """A recipe corpus (gettext, stdlib) as the corpus type it is read as, its files
+    written.
 
     Other corpora are returned unchanged.
     """
-    if corpus.type != "gettext":
+    if corpus.type not in RESOLVED_AS:
         return corpus
     import dataclasses
+
+    if corpus.type == "stdlib":
+        from kerastx.data import recipe_stdlib
+
+        paths = recipe_stdlib.prepare_stdlib(
+            data_cfg.data_dir, corpus.stdlib_dir, corpus.chunk_bytes, corpus.include_tests
+        )
+        return dataclasses.replace(
+            corpus, type=RESOLVED_AS["stdlib"], path=paths[corpus.split], source_column="source"
+        )
 
     from kerastx.data import recipe_gettext
 

@@ -11,7 +11,7 @@ Line formats:
 - tsv: tab-separated, first line a header naming the columns; no quoting; every row has
   as many fields as the header. A glob reads the sorted files in turn, each with a header.
 - tfrecord: `tf.Example` records; the named features hold one bytes value (a label may
-  also be one int64).
+  also be one int64; a condition vector is a float_list, see `kerastx.data.conditions`).
 - text: one example a line.
 - labelled: `label<TAB>text` - the label is everything before the first tab.
 - synthetic: generated (`kerastx.data.synthetic`); cmudict: the G2P recipe
@@ -28,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
-from kerastx.data import recipes, synthetic, textio
+from kerastx.data import conditions, recipes, synthetic, textio
 from kerastx.data.errors import DataError
 
 # example_id = corpus position in its list (train[i]; 0 for dev/test) * 2**32 + position.
@@ -136,6 +136,8 @@ def _tsv(corpus, needs: tuple[str, ...], policy: str) -> dict:
 def _feature_text(feature, key: str, role: str, where: str, policy: str) -> tuple[str, int]:
     kind = feature.WhichOneof("kind")
     values = getattr(feature, kind).value if kind else []
+    if kind == "float_list" and role == "condition":  # a vector: its numbers as text
+        return conditions.vector_text(values), 0
     if len(values) != 1:
         raise DataError(
             f"{where}: feature '{key}' must hold exactly one value; it holds {len(values)}"

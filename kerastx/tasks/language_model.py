@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from kerastx import sizing
+from kerastx.metrics import TEXT_LOSS_METRICS
 from kerastx.special_ids import BOS_ID
 from kerastx.tasks.base import TRANSFORMER_MODEL_KEYS
 from kerastx.tasks.generation import GenerationTask
@@ -37,9 +38,36 @@ class LanguageModelTask(GenerationTask):
         "parallel",
         "cmudict",
         "gettext",
+        "stdlib",
     )
     decode_input_key = "prompt_ids"
     filler_id = BOS_ID
+
+    @classmethod
+    def metric_names(cls, cfg):
+        # The labels are the text's tokens: its bits per byte follows from the loss pass.
+        return super().metric_names(cfg) + TEXT_LOSS_METRICS
+
+    @classmethod
+    def check_config(cls, cfg, fail):
+        # No token count exceeds the UTF-8 byte count (bytes: equal; chars, words and
+        # SentencePiece pieces hold at least one byte), so a chunk of `chunk_bytes`
+        # plus its EOS fits and no held-out text is cut (bits_per_byte counts it all).
+        d = cfg.data
+        corpora = [(("data", "train", i), c) for i, c in enumerate(d.train)]
+        corpora += [(("data", "dev"), d.dev), (("data", "test"), d.test)]
+        for path, corpus in corpora:
+            if getattr(corpus, "type", None) != "stdlib":
+                continue
+            if d.max_source_length < corpus.chunk_bytes + 1:
+                fail(
+                    ("data", "max_source_length"),
+                    f"must be at least chunk_bytes + 1 = {corpus.chunk_bytes + 1} (a "
+                    f"stdlib chunk of {corpus.chunk_bytes} bytes and its EOS); got "
+                    f"{d.max_source_length}",
+                    (*path, "chunk_bytes"),
+                )
+                return
 
     @classmethod
     def parameter_count(cls, model, sizes):

@@ -33,10 +33,19 @@ At every evaluation (`evaluation.every` steps and the last step), dev set:
                          accuracy: `evaluation.metrics` or the task's default)
   eval/samples           text: a markdown table of `evaluation.num_samples` examples
                          (source | reference(s) | hypothesis)
+  eval/completions       text: each of `evaluation.prompts` and its continuation with
+                         the `decoding:` settings (top-p samples with strategy: sample)
+  eval/bits_per_byte     language models: with eval/anchor_xz_bits_per_byte and
+                         eval/anchor_gzip_bits_per_byte on the same dev text
   eval/attention/<i>     image, i < `evaluation.attention_images` (seq2seq models): the
-                         last decoder layer's cross-attention of dev example i, averaged
-                         over heads (rows: BOS + reference target tokens, columns: source
-                         tokens + EOS; see `kerastx.evaluate`)
+                         last decoder layer's cross-attention of dev example i in a
+                         teacher-forced pass, averaged over heads, as a heat map
+                         (`kerastx.plots`): source tokens + EOS on x, the reference
+                         tokens + EOS on y (the token written at each row), the token
+                         strings as tick labels, a colour bar, the title naming the layer
+                         ("layer 6/6 cross-attention, mean of 8 heads"); RGBA
+  eval/attention_heads/<i>  image: the same layer and example, one panel per head
+                         ("... head 2/8"), one colour scale
 
 `training.profile_steps: [first, last]` writes a profiler trace of those steps under
 `run_dir/logs/plugins/profile/` (TensorBoard's Profile tab needs the
@@ -141,16 +150,63 @@ class Board:
             tf.summary.text(tag, markdown)
         self.writer.flush()
 
+    def completions(self, step: int, items: list[dict]) -> None:
+        """Writes `eval/completions`: each prompt and its continuation (`evaluation.prompts`)."""
+        self.text(step, "eval/completions", completions_markdown(items))
+
     def image(self, step: int, tag: str, image, description: str | None = None) -> None:
-        """Writes one image: a float array (H, W) or (H, W, 1|3) with values in [0, 1]."""
+        """Writes one image: a float array (H, W) or (H, W, 1|3|4) with values in [0, 1],
+        or a uint8 array (H, W, 1|3|4) (a rendered figure, `plots.figure_rgba`)."""
         if not self.enabled:
             return
-        image = tf.convert_to_tensor(image, tf.float32)
+        if getattr(image, "dtype", None) != np.uint8:
+            image = tf.convert_to_tensor(image, tf.float32)
+        image = tf.convert_to_tensor(image)
         if image.shape.rank == 2:
             image = image[:, :, None]
         with self.writer.as_default(step=step):
             tf.summary.image(tag, image[None], max_outputs=1, description=description)
         self.writer.flush()
+
+    def attention(self, step: int, index: int, item: dict) -> None:
+        """Writes `eval/attention/<index>` (mean over heads) and
+        `eval/attention_heads/<index>` (one panel per head) of one example.
+
+        Args:
+            step: int. The training step.
+            index: int. The dev example's index.
+            item: dict from `kerastx.evaluate.attention_maps` ("heads" `(N, T, S)`,
+                "source_tokens", "output_tokens", "layer", "num_layers", "source",
+                "target").
+        """
+        if not self.enabled:
+            return
+        from kerastx import plots
+
+        heads = np.asarray(item["heads"], np.float32)
+        count = heads.shape[0]
+        layer, layers = item["layer"], item["num_layers"]
+        tokens = (item["source_tokens"], item["output_tokens"])
+        text = f"source: {item['source']}  →  reference: {item['target']}"
+        mean = plots.attention_figure(
+            heads.mean(axis=0),
+            *tokens,
+            [plots.attention_title(layer, layers, None, count)],
+            suptitle=text,
+        )
+        per_head = plots.attention_figure(
+            heads,
+            *tokens,
+            [plots.attention_title(layer, layers, h + 1, count) for h in range(count)],
+            columns=min(count, 4),
+            suptitle=text,
+        )
+        description = (
+            f"source: {item['source']}  \nreference: {item['target']}  \nteacher-forced; "
+            "x: source tokens + EOS; y: the reference token written at each step (+ EOS)"
+        )
+        self.image(step, f"eval/attention/{index}", plots.figure_rgba(mean), description)
+        self.image(step, f"eval/attention_heads/{index}", plots.figure_rgba(per_head), description)
 
     def trace_on(self, logdir: str) -> bool:
         """Starts the TensorFlow profiler writing under `logdir/plugins/profile`.
@@ -248,6 +304,18 @@ class Progress:
             self.stream.write("\n")
         self.stream.write(text + "\n")
         self.stream.flush()
+
+
+def completions_markdown(items: list[dict]) -> str:
+    """Prompts and continuations as markdown: per item the prompt (as a Python string
+    literal, so its newlines show) and prompt + continuation as an indented code block
+    (indentation, not a ``` fence, so no text of the output can end the block)."""
+    blocks = []
+    for i, item in enumerate(items, 1):
+        text = item["prompt"] + item["completion"]
+        code = "\n".join("    " + line for line in text.split("\n"))
+        blocks.append(f"**{i}.** prompt `{item['prompt']!r}`:\n\n{code}")
+    return "\n\n".join(blocks)
 
 
 def _fmt(value) -> str:

@@ -398,7 +398,7 @@ CASES = [
         ["data.train[0].type=x"],
         [
             "--set data.train[0].type=x: data.train[0].type: must be one of: parallel, tsv, "
-            "tfrecord, text, labelled, synthetic, cmudict, gettext; got 'x'"
+            "tfrecord, text, labelled, synthetic, cmudict, gettext, stdlib; got 'x'"
         ],
     ),
     (
