@@ -216,6 +216,14 @@ def evaluate(run_dir: str, split: str = "test", overrides: list[str] | None = No
         settings,
         num_samples=cfg.evaluation.num_samples,
     )
+    if cfg.model.num_experts:
+        from kerastx import expert_load
+
+        results["expert_load"] = expert_load.expert_load(
+            loaded.task, loaded.model, loaded.data, split
+        )
+        print(f"expert load ({split}, share of token-expert assignments):")
+        print(expert_load.table(results["expert_load"]))
     results["checkpoint"] = loaded.checkpoint
     results["split"] = split
     results["truncated"] = truncated

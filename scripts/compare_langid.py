@@ -41,7 +41,7 @@ def main(argv=None) -> int:
     paths = recipe_gettext.prepare_gettext(
         cfg["data"]["data_dir"], corpus["languages"], corpus["locale_dir"], corpus["records"]
     )
-    with open(paths[args.split], encoding="utf-8", newline="") as f:
+    with open(paths[corpus["split"]], encoding="utf-8", newline="") as f:
         rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))[1:]
     codes = {langid_code(lang): lang for lang in corpus["languages"]}
     if len(codes) != len(corpus["languages"]):

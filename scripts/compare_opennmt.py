@@ -166,7 +166,9 @@ def main(argv=None) -> int:
     train_seconds = time.time() - start
     with open(log_path, encoding="utf-8") as f:
         text = f.read()
-    rates = [
+    # "tokens/s = 4277 (1808 source, 2469 target)" (2.32), or older releases' "source
+    # words/s = S, target words/s = T".
+    rates = [float(r) for r in re.findall(r"tokens/s = (\d+) \(", text)] or [
         float(s) + float(t_)
         for s, t_ in re.findall(r"source words/s = (\d+), target words/s = (\d+)", text)
     ]

@@ -55,7 +55,10 @@ class ClassifierTask(Task):
 
         del settings
         names = list(data.labels.tags)
-        logits_fn = tf.function(lambda ids: model({"source_ids": ids}, training=False))
+        logits_fn = tf.function(
+            lambda ids: model({"source_ids": ids}, training=False),
+            input_signature=[tf.TensorSpec([None, None], tf.int32)],
+        )
 
         def decode(rows: dict) -> list[str]:
             best = tf.argmax(logits_fn(tf.cast(rows["source_ids"], tf.int32)), axis=-1)

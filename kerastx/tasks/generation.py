@@ -78,6 +78,7 @@ class GenerationTask(Task):
             inference.settings_from_config(self.cfg.decoding),
             self.cfg.data.max_source_length,
             os.path.join(self.cfg.run_dir, "config.yaml"),
+            conditions=getattr(data, "conditions", None),
         )
 
     def parity_texts(self, data, split: str, count: int) -> list[str]:

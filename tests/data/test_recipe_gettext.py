@@ -253,3 +253,20 @@ def test_translation_and_language_id_train_and_evaluate_through_the_cli(tmp_path
     result = _json(os.path.join(doc["run_dir"], "eval_dev.json"))
     assert set(result["per_class_f1"]) == {"en", "fr"}
     assert 0.0 <= result["macro_f1"] <= 100.0 and 0.0 <= result["accuracy"] <= 100.0
+
+    # The recipe's anchor, langid.py on the same strings (scripts/compare_langid.py).
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "compare_langid", os.path.join(os.path.dirname(__file__), "..", "..", "scripts",
+                                       "compare_langid.py")
+    )  # fmt: skip
+    compare = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(compare)
+    assert compare.main([doc["run_dir"], "--split", "dev"]) == 0
+    anchor = _json(os.path.join(doc["run_dir"], "langid_py_dev.json"))
+    rows = _rows(glob.glob(str(tmp_path / "data" / "gettext" / "langid-*" / "train.tsv"))[0])
+    assert anchor["languages"] == ["en", "fr"] and anchor["strings"] == len(rows) - 1
+    # "Ouvrir fichier %s" and "Open file %s": langid.py tells these apart almost always.
+    assert anchor["accuracy"] > 80.0
+    assert compare.langid_code("zh_CN") == "zh" and compare.langid_code("pt_BR") == "pt"
