@@ -47,6 +47,7 @@ import hashlib
 import json
 import os
 
+from kerastx.data import recipes
 from kerastx.data.errors import DataError
 
 SPLITS = ("train", "dev", "test")
@@ -244,7 +245,7 @@ def prepare_gettext(
         header = ["source", "target", "language", "language_vector", "catalogue"]
     counts = {}
     for split, split_rows in rows.items():
-        _write(paths[split], ["\t".join(header)] + ["\t".join(r) for r in split_rows])
+        recipes._write(paths[split], ["\t".join(header)] + ["\t".join(r) for r in split_rows])
         per_language = collections.Counter(r[2] if records == "pairs" else r[1] for r in split_rows)
         counts[split] = {
             "rows": len(split_rows),
@@ -274,13 +275,6 @@ def prepare_gettext(
         json.dump(info, f, indent=2, sort_keys=True, ensure_ascii=False)
     os.replace(tmp, manifest)
     return paths
-
-
-def _write(path: str, lines: list[str]) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-        f.write("".join(line + "\n" for line in lines))
-    os.replace(tmp, path)
 
 
 def write_mo(path: str, messages: dict[str, str], charset: str = "UTF-8") -> None:
