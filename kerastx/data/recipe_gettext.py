@@ -47,8 +47,8 @@ import hashlib
 import json
 import os
 
-from kerastx.data import recipes
 from kerastx.data.errors import DataError
+from kerastx.data.recipe_files import write_lines, write_manifest
 
 SPLITS = ("train", "dev", "test")
 TEST_BELOW = 300
@@ -245,7 +245,7 @@ def prepare_gettext(
         header = ["source", "target", "language", "language_vector", "catalogue"]
     counts = {}
     for split, split_rows in rows.items():
-        recipes._write(paths[split], ["\t".join(header)] + ["\t".join(r) for r in split_rows])
+        write_lines(paths[split], ["\t".join(header)] + ["\t".join(r) for r in split_rows])
         per_language = collections.Counter(r[2] if records == "pairs" else r[1] for r in split_rows)
         counts[split] = {
             "rows": len(split_rows),
@@ -270,10 +270,7 @@ def prepare_gettext(
         "catalogues_read": {lang: len(p) for lang, p in listed["read"].items()},
         "catalogues_on_disk": listing,
     }
-    tmp = f"{manifest}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(info, f, indent=2, sort_keys=True, ensure_ascii=False)
-    os.replace(tmp, manifest)
+    write_manifest(manifest, info)
     return paths
 
 

