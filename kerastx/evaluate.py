@@ -21,11 +21,13 @@ import functools
 import logging
 import math
 import os
+import re
 
 import numpy as np
 import tensorflow as tf
 
 from kerastx import inference, metrics
+from kerastx.data import conditions
 from kerastx.data import vocab as vocab_lib
 from kerastx.losses import smoothed_cross_entropy_sum, token_accuracy_counts
 from kerastx.special_ids import EOS_ID, SPECIAL_TOKENS, UNK_ID
@@ -168,8 +170,9 @@ def evaluate_model(
         should_stop: callable returning bool, or None. Checked between batches.
 
     Returns:
-        dict of float metrics, plus "samples" (list of dicts), "decoded" (count) and,
-        with `evaluation.prompts`, "completions" (see `completions`).
+        dict of float metrics, plus "samples" (list of dicts), "decoded" (count), with
+        `evaluation.prompts` "completions" (see `completions`) and, for a conditioned
+        model, "by_condition" (see `metrics_by_condition`).
 
     Raises:
         EvaluationInterrupted: `should_stop()` returned True.
@@ -192,11 +195,37 @@ def evaluate_model(
     refs = [refs_by_source[s] for s in sources]
     out.update(metrics.task_metrics(names, hyps, refs))
     out["decoded"] = len(hyps)
+    if cfg.model.num_conditions or cfg.model.condition_dim:
+        out["by_condition"] = metrics_by_condition(names, hyps, refs, sources)
     out["samples"] = [
         {"source": s, "references": r, "hypothesis": h}
         for s, r, h in list(zip(sources, refs, hyps))[:num_samples]
     ]
     return out
+
+
+def metrics_by_condition(names, hyps: list, refs: list, sources: list) -> dict:
+    """The task metrics of each condition's share of a decoded split: what a multilingual
+    model is judged by (BLEU into French, into Spanish, ...), not only the pooled figure.
+
+    Args:
+        names: the metric names.
+        hyps, refs: the hypotheses and their references, in `decode_split` order.
+        sources: the input lines `CONDITION<TAB>source` (`decode_split`).
+
+    Returns:
+        dict: condition text -> {metric: value, "decoded": count}, sorted by condition.
+    """
+    groups: dict = {}
+    for hyp, ref, line in zip(hyps, refs, sources):
+        condition, _ = conditions.split_line(line)
+        group = groups.setdefault(condition, ([], []))
+        group[0].append(hyp)
+        group[1].append(ref)
+    return {
+        c: {**metrics.task_metrics(names, h, r), "decoded": len(h)}
+        for c, (h, r) in sorted(groups.items())
+    }
 
 
 def decode_split(task, data, split: str, decode, max_examples: int = 0, should_stop=None):
@@ -365,7 +394,8 @@ def _token_table(kind: str | None, path: str | None, mtime: float | None) -> lis
 def evaluate_during_training(trainer, board, should_stop=None) -> dict:
     """Dev-set evaluation at the current step; writes TensorBoard scalars and samples.
 
-    Writes `eval/<metric>` scalars, the `eval/samples` text table (source, references,
+    Writes `eval/<metric>` scalars (a conditioned model's also per condition, as
+    `eval/by_condition/<condition>/<metric>`), the `eval/samples` text table (source, references,
     hypothesis of `evaluation.num_samples` examples) and the `eval/attention/<i>` and
     `eval/attention_heads/<i>` images (`evaluation.attention_images` examples; see the
     module docstring).
@@ -400,6 +430,11 @@ def evaluate_during_training(trainer, board, should_stop=None) -> dict:
     step = trainer.step
     # Metrics are floats; the int counts behind them (decoded, correct, words) are not.
     board.scalars(step, {k: v for k, v in results.items() if isinstance(v, float)}, "eval")
+    for condition, group in results.pop("by_condition", {}).items():
+        # `eval/by_condition/fr/bleu`; a vector condition's text made a legal tag name.
+        name = re.sub(r"[^A-Za-z0-9_.\-]+", "_", condition)
+        floats = {k: v for k, v in group.items() if isinstance(v, float)}
+        board.scalars(step, floats, f"eval/by_condition/{name}")
     completed = results.pop("completions", [])
     if completed:
         board.completions(step, completed)

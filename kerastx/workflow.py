@@ -231,6 +231,9 @@ def evaluate(run_dir: str, split: str = "test", overrides: list[str] | None = No
     path = os.path.join(run_dir, f"eval_{split}.json")
     shown = {k: round(v, 3) for k, v in results.items() if isinstance(v, float)}
     print(f"{split}: {shown}")
+    for condition, group in results.get("by_condition", {}).items():
+        shown = {k: round(v, 3) for k, v in group.items() if isinstance(v, float)}
+        print(f"  condition {condition} ({group['decoded']} decoded): {shown}")
     for sample in results.get("samples", []):
         print(
             f"  {sample['source']} -> {sample['hypothesis']}   "

@@ -109,6 +109,24 @@ def test_evaluate_decodes_every_source_under_each_of_its_conditions(run):
         assert "\t" in json.load(f)["samples"][0]["source"]  # CONDITION<TAB>source
 
 
+def test_evaluate_reports_each_condition_on_its_own(run):
+    kind, run_dir, _ = run
+    results = workflow.evaluate(run_dir, "dev")
+    pairs = {(row.split("\t")[2], row.split("\t")[0]) for row in _rows(kind)[1:]}
+    # A vector's text is the framework's own spelling of its floats: compare the values.
+    key = (lambda c: c) if kind == "tag" else (lambda c: tuple(float(v) for v in c.split()))
+    expected = {}
+    for cond, _ in pairs:
+        expected[key(cond)] = expected.get(key(cond), 0) + 1
+    groups = results["by_condition"]
+    assert {key(c): g["decoded"] for c, g in groups.items()} == expected
+    # The groups partition the decoded sources: the overall share is their weighted mean.
+    weighted = sum(g["accuracy"] * g["decoded"] for g in groups.values()) / len(pairs)
+    assert weighted == pytest.approx(results["accuracy"], abs=1e-9)
+    with open(os.path.join(run_dir, "eval_dev.json"), encoding="utf-8") as f:
+        assert json.load(f)["by_condition"] == groups
+
+
 def test_signatures_take_the_condition(run):
     kind, _, export_dir = run
     loaded = tf.saved_model.load(export_dir)
