@@ -190,3 +190,21 @@ def test_a_finished_run_is_a_no_op(source, caplog):
     with open(os.path.join(run_dir, "train_log.jsonl")) as f:
         assert f.read() == log_before
     assert evaluated == []
+
+
+@pytest.mark.parametrize(
+    ("steps", "final", "warned"),
+    [
+        ([250, 500, 750, 1000], 1000, True),  # the multilingual recipe's measured mistake
+        ([850, 900, 950, 1000], 1000, False),
+        ([52000, 54000, 56000, 58000, 60000], 60000, False),  # g2p_cmudict.yaml
+        ([6, 9, 12], 12, True),
+    ],
+)
+def test_an_average_reaching_back_into_early_training_is_warned(steps, final, warned):
+    paths = [f"/runs/x/checkpoints/ckpt-{s}" for s in steps]
+    message = workflow.wide_average_warning(paths, final)
+    assert (message is not None) == warned
+    if warned:
+        assert f"steps {steps[0]}-{steps[-1]}" in message
+        assert "training.checkpoint_every" in message and "training.average_last" in message
