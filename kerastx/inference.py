@@ -366,9 +366,17 @@ class Decoder:
             return self._call_xla(inputs)
         if "condition" not in inputs:
             return self._fn(inputs)
-        if self._fn_condition is None:  # one trace per condition kind (ids or vectors)
-            self._fn_condition = tf.function(self._decode, reduce_retracing=True)
-        return self._fn_condition(inputs)
+        if self._fn_condition is None:
+            # One graph for every batch shape: a signature from the first batch's condition
+            # (tag ids (B,) or vectors (B, D)). Without it the evaluation of a multilingual
+            # model retraced batch after batch (TensorFlow's retracing warning).
+            condition = inputs["condition"]
+            spec = {
+                self.key: tf.TensorSpec([None, None], tf.int32),
+                "condition": tf.TensorSpec([None, *condition.shape[1:]], condition.dtype),
+            }
+            self._fn_condition = tf.function(self._decode, input_signature=[spec])
+        return self._fn_condition({k: inputs[k] for k in (self.key, "condition")})
 
     def _call_xla(self, inputs: dict):
         ids = inputs[self.key].numpy()

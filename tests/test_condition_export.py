@@ -11,7 +11,7 @@ import tensorflow as tf
 import tensorflow_text  # noqa: F401 - registers the tokenizer ops of the SavedModel
 
 import kerastx
-from kerastx import predict, workflow
+from kerastx import inference, predict, runs, workflow
 from kerastx.errors import KerastxError
 
 pytestmark = pytest.mark.slow  # two tiny runs trained and exported (parity checked)
@@ -188,3 +188,19 @@ def test_bad_conditions_are_refused(run, tmp_path):
             loaded.signatures["serving_default"](
                 text=tf.constant(["a"]), condition=tf.constant([[0.0, np.inf, 1.0]])
             )
+
+
+def test_a_conditioned_decoder_traces_once_for_every_batch_shape(run):
+    kind, run_dir, _ = run
+    loaded = runs.load_run(run_dir)
+    settings = inference.settings_from_config(loaded.cfg.decoding)
+    decoder = inference.Decoder(loaded.model, loaded.task, settings)
+    for rows, width in ((3, 2), (5, 4), (2, 6), (7, 3), (4, 5)):
+        inputs = {"source_ids": tf.fill([rows, width], 4), "target_ids": tf.fill([rows, 2], 4)}
+        if kind == "tag":
+            inputs["condition"] = tf.constant([i % 2 for i in range(rows)], tf.int32)
+        else:
+            inputs["condition"] = tf.constant([_vector(i) for i in range(rows)], tf.float32)
+        assert decoder(inputs).ids.shape[0] == rows
+    # One graph for all shapes: the evaluation of a multilingual model retraced per batch.
+    assert decoder._fn_condition.experimental_get_tracing_count() == 1
