@@ -321,7 +321,7 @@ def _cmd_curves(args):
     _import_tensorflow(_VERBOSE)
     from kerastx import curves
 
-    curves.run(args.runs, args.output, metric=args.metric, x=args.x)
+    curves.run(args.runs, args.output, metric=args.metric, x=args.x, references=args.reference)
     print(f"wrote {args.output}")
     return 0
 
@@ -443,6 +443,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--x", default="minutes", choices=("minutes", "steps"), help="the x axis (default: minutes)"
+    )
+    p.add_argument(
+        "--reference",
+        action="append",
+        metavar="LABEL=VALUE",
+        help="a dashed line on the metric panel (repeatable), e.g. --reference 'target=26.5'; "
+        "the runs' logged anchors (eval/anchor_<name>_<metric>) are drawn too",
     )
     p.set_defaults(func=_cmd_curves)
 

@@ -88,8 +88,21 @@ def _scalar(value, plugin: str) -> float | None:
     return None
 
 
-def run(run_dirs: list[str], output: str, metric: str | None = None, x: str = "minutes") -> dict:
+ANCHOR_PREFIX = "eval/anchor_"
+
+
+def run(
+    run_dirs: list[str],
+    output: str,
+    metric: str | None = None,
+    x: str = "minutes",
+    references: list[str] | None = None,
+) -> dict:
     """Plots train loss and a dev metric of runs against wall minutes or steps; writes a PNG.
+
+    The metric panel also draws, as dashed lines, each `LABEL=VALUE` of `references` and
+    the anchors the runs logged for the metric (`eval/anchor_<name>_<metric>`, e.g. the
+    language model's `anchor_xz_bits_per_byte`: the last value, once per distinct value).
 
     Args:
         run_dirs: list of str. Run directories (one line each; the legend names them by
@@ -98,16 +111,19 @@ def run(run_dirs: list[str], output: str, metric: str | None = None, x: str = "m
         metric: str or None. The dev metric (`eval/<metric>`; default: the first run's
             `evaluation.best_metric` when it was logged, else `loss`).
         x: str. "minutes" or "steps".
+        references: list of str or None. `LABEL=VALUE` lines (`--reference`).
 
     Returns:
-        dict: "output", "metric", "runs" (name -> number of loss and metric points).
+        dict: "output", "metric", "runs" (name -> number of loss and metric points),
+        "references" (the `(label, value)` lines drawn).
 
     Raises:
-        KerastxError: a run without event files, a metric no run logged, an unwritable
-            output.
+        KerastxError: a run without event files, a metric no run logged, a reference
+            that is not LABEL=NUMBER, an unwritable output.
     """
     if x not in ("minutes", "steps"):
         raise KerastxError(f"--x: must be minutes or steps; got {x!r}")
+    lines = [_reference(text) for text in references or []]
     scalars = [read_scalars(d) for d in run_dirs]
     if metric is None:
         metric = _default_metric(run_dirs[0], scalars[0])
@@ -122,7 +138,15 @@ def run(run_dirs: list[str], output: str, metric: str | None = None, x: str = "m
         {"name": name, "loss": s.get(LOSS_TAG, []), "metric": s.get(f"eval/{metric}", [])}
         for name, s in zip(names, scalars)
     ]
-    png = plots.figure_png(plots.curves_figure(series, metric, x))
+    suffix = f"_{metric}"
+    for s in scalars:
+        for tag, points in sorted(s.items()):
+            if tag.startswith(ANCHOR_PREFIX) and tag.endswith(suffix) and points:
+                label = tag[len(ANCHOR_PREFIX) : -len(suffix)]
+                line = (label, points[-1][2])
+                if label and line not in lines:
+                    lines.append(line)
+    png = plots.figure_png(plots.curves_figure(series, metric, x, lines))
     try:
         with open(output, "wb") as f:
             f.write(png)
@@ -132,7 +156,22 @@ def run(run_dirs: list[str], output: str, metric: str | None = None, x: str = "m
         "output": os.path.abspath(output),
         "metric": metric,
         "runs": {s["name"]: (len(s["loss"]), len(s["metric"])) for s in series},
+        "references": lines,
     }
+
+
+def _reference(text: str) -> tuple[str, float]:
+    """`--reference "xz -9=1.69"` -> ("xz -9", 1.69): the value after the last `=`."""
+    label, sep, value = text.rpartition("=")
+    try:
+        number = float(value)
+    except ValueError:
+        number = None
+    if not sep or not label.strip() or number is None or number != number:
+        raise KerastxError(
+            f"--reference {text!r}: expected LABEL=NUMBER, e.g. --reference 'target=26.5'"
+        )
+    return label.strip(), number
 
 
 def _default_metric(run_dir: str, scalars: dict) -> str:

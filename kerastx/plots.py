@@ -142,7 +142,12 @@ def attention_figure(
     return fig
 
 
-def curves_figure(runs: list[dict], metric: str, x: str = "minutes") -> Figure:
+def curves_figure(
+    runs: list[dict],
+    metric: str,
+    x: str = "minutes",
+    references: list[tuple[str, float]] | None = None,
+) -> Figure:
     """Train loss and a dev metric of several runs, side by side, one line per run.
 
     Args:
@@ -150,6 +155,8 @@ def curves_figure(runs: list[dict], metric: str, x: str = "minutes") -> Figure:
             of `(steps, minutes, value)` tuples (the metric's may be empty).
         metric: str. The dev metric's name (the right panel's y label).
         x: str. "minutes" (wall minutes) or "steps".
+        references: list of `(label, value)`: horizontal dashed lines on the metric
+            panel (an anchor such as `xz -9`, a published figure, a target).
 
     Returns:
         A `matplotlib.figure.Figure` on an Agg canvas.
@@ -168,6 +175,11 @@ def curves_figure(runs: list[dict], metric: str, x: str = "minutes") -> Figure:
                 xs = [p[column] for p in points]
                 ys = [p[2] for p in points]
                 ax.plot(xs, ys, color=colour, marker=marker, markersize=3, label=run["name"])
+    for i, (label, value) in enumerate(references or []):
+        metric_ax.axhline(
+            value, color="0.35", linestyle=("--", ":", "-.")[i % 3], linewidth=1.0,
+            label=f"{label}: {value:.4g}",
+        )  # fmt: skip
     x_label = "wall minutes" if x == "minutes" else "steps"
     loss_ax.set(xlabel=x_label, ylabel="train loss (per target token)", title="train loss")
     metric_ax.set(xlabel=x_label, ylabel=f"dev {metric}", title=f"dev {metric}")

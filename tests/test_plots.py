@@ -142,6 +142,17 @@ def test_curves_figure_has_one_line_per_run_and_a_legend():
     assert _png_size(plots.figure_png(fig)) == (1000, 400)
 
 
+def test_curves_figure_draws_each_reference_as_a_labelled_level_line():
+    runs = [{"name": "a", "loss": [(10, 0.5, 3.0)], "metric": [(10, 0.5, 2.1), (20, 1.0, 1.6)]}]
+    fig = plots.curves_figure(runs, "bits_per_byte", references=[("xz", 1.693), ("gzip", 1.949)])
+    loss_ax, metric_ax = fig.axes
+    legend = [t.get_text() for t in metric_ax.get_legend().get_texts()]
+    assert legend == ["a", "xz: 1.693", "gzip: 1.949"]
+    levels = [line.get_ydata() for line in metric_ax.get_lines()[1:]]
+    assert [list(y) for y in levels] == [[1.693, 1.693], [1.949, 1.949]]
+    assert len(loss_ax.get_lines()) == 1  # the loss panel has no reference lines
+
+
 # --- a tiny trained run ---------------------------------------------------------------
 
 
@@ -296,3 +307,26 @@ def test_kerastx_curves_reads_the_event_files_and_writes_a_png(copy_run, tmp_pat
         "kerastx curves: error: --metric bleu: no run logged eval/bleu; logged: accuracy, "
         "loss, perplexity, token_accuracy"
     ]
+
+
+def test_kerastx_curves_draws_references_and_the_runs_logged_anchors(copy_run, tmp_path, capsys):
+    # A run that logged an anchor for its metric (as the language model logs
+    # eval/anchor_xz_bits_per_byte) gets it drawn without being asked.
+    run_dir = str(tmp_path / "anchored")
+    shutil.copytree(copy_run, run_dir)
+    with tf.summary.create_file_writer(os.path.join(run_dir, "logs")).as_default():
+        for step in (20, 40):
+            tf.summary.scalar("eval/anchor_chance_accuracy", 0.25, step=step)
+    out = str(tmp_path / "c.png")
+    result = curves.run([run_dir], out, metric="accuracy", references=["target = 0.9"])
+    assert result["references"] == [("target", 0.9), ("chance", 0.25)]
+    with open(out, "rb") as f:
+        assert _png_size(f.read()) == (1000, 400)
+    capsys.readouterr()
+    for bad in ("0.9", "target=", "target=high", "=0.9"):
+        assert cli.main(["curves", run_dir, "-o", out, "--reference", bad]) == 2
+        errors = [ln for ln in capsys.readouterr().err.splitlines() if "error" in ln]
+        assert errors == [
+            f"kerastx curves: error: --reference {bad!r}: expected LABEL=NUMBER, e.g. "
+            "--reference 'target=26.5'"
+        ]
