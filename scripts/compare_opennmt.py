@@ -71,6 +71,9 @@ def main(argv=None) -> int:
     p.add_argument("--onmt-venv", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--steps", type=int, default=0, help="0 = the kerastx run's train_steps")
+    p.add_argument(
+        "--no-clip", action="store_true", help="train OpenNMT-tf without gradient clipping"
+    )
     args = p.parse_args(argv)
 
     import sentencepiece as spm
@@ -118,6 +121,12 @@ def main(argv=None) -> int:
             )
         )
     model_dir = os.path.join(args.out, "model")
+    optimizer_params = {"beta_1": t["beta_1"], "beta_2": t["beta_2"], "epsilon": 1e-9}
+    if t.get("clip_norm") and not args.no_clip:
+        # kerastx clips the global gradient norm (training.clip_norm, default 1.0); the
+        # Keras optimizer's `global_clipnorm` does the same in OpenNMT-tf. Runs before
+        # 2026-12-07 left it out (--no-clip reproduces them).
+        optimizer_params["global_clipnorm"] = t["clip_norm"]
     config = {
         "model_dir": model_dir,
         "data": {
@@ -128,7 +137,7 @@ def main(argv=None) -> int:
         },
         "params": {
             "optimizer": "Adam",
-            "optimizer_params": {"beta_1": t["beta_1"], "beta_2": t["beta_2"], "epsilon": 1e-9},
+            "optimizer_params": optimizer_params,
             "learning_rate": t["learning_rate"],
             "decay_type": "InvSqrtDecay",
             "decay_params": {"warmup_steps": t["warmup_steps"]},
@@ -172,6 +181,8 @@ def main(argv=None) -> int:
         float(s) + float(t_)
         for s, t_ in re.findall(r"source words/s = (\d+), target words/s = (\d+)", text)
     ]
+    # "Step = 900 ; steps/s = ... ; Learning rate = ... ; Loss = 4.9" (2.32)
+    losses = [(int(a), float(b)) for a, b in re.findall(r"Step = (\d+) ;.*?Loss = ([\d.]+)", text)]
     checkpoint = os.path.join(model_dir, "avg") if t["average_last"] > 1 else model_dir
     out_sp = os.path.join(args.out, "test.hyp.sp")
     start = time.time()
@@ -195,6 +206,8 @@ def main(argv=None) -> int:
         "infer_seconds": infer_seconds,
         # The first logged window includes start-up and graph building: left out.
         "tokens_per_second_median": statistics.median(rates[1:] or rates) if rates else None,
+        "global_clipnorm": optimizer_params.get("global_clipnorm"),
+        "train_loss": losses,  # (step, loss) of each logged window
         "test": {k: v for k, v in onmt_scores.items() if not k.endswith("signature")},
         "bleu_signature": onmt_scores["bleu_signature"],
     }
